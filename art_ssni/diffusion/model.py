@@ -114,6 +114,54 @@ class DiffusionModel(nn.Module):
         return self._fingerprint
 
     @classmethod
+    def from_score_sde(
+        cls,
+        path: str | os.PathLike,
+        *,
+        use_ema: bool = True,
+        map_location: str | torch.device = "cpu",
+        **config,
+    ) -> DiffusionModel:
+        """score_sde DDPM++ (continuous VP) from a ``checkpoint_8.pth``-layout file.
+
+        The EMA weights are used by default, as DiffPure and SSNI do; the network gets the
+        label 999 * t/N and the schedule is the VP-SDE marginal (beta 0.1..20).
+        """
+        from .networks.ncsnpp import load_score_sde_checkpoint
+
+        net = load_score_sde_checkpoint(path, use_ema=use_ema, map_location=map_location, **config)
+        channels, size = config.get("in_channels", 3), net.image_size
+        return cls(
+            net,
+            VPSchedule(continuous=True),
+            time_label=continuous_time_label(1000),
+            image_shape=(channels, size, size),
+            name="score_sde-ddpmpp",
+        )
+
+    @classmethod
+    def from_guided_diffusion(
+        cls,
+        path: str | os.PathLike,
+        *,
+        dtype: torch.dtype | None = None,
+        map_location: str | torch.device = "cpu",
+        **config,
+    ) -> DiffusionModel:
+        """guided-diffusion ADM UNet (``256x256_diffusion_uncond.pt`` layout).
+
+        Linear DDPM schedule with 1000 steps; the learned-variance channels are dropped by
+        :meth:`eps`; ``dtype`` (float16 / bfloat16) runs the network body in reduced precision.
+        """
+        from .networks.adm import load_guided_diffusion_checkpoint
+
+        net = load_guided_diffusion_checkpoint(
+            path, map_location=map_location, dtype=dtype, **config
+        )
+        channels, size = config.get("in_channels", 3), net.image_size
+        return cls(net, VPSchedule(), image_shape=(channels, size, size), name="guided-diffusion")
+
+    @classmethod
     def from_diffusers(
         cls,
         unet_or_path: nn.Module | str | os.PathLike,
