@@ -20,15 +20,29 @@ def as_generator(seed: SeedLike, device: torch.device | str = "cpu") -> torch.Ge
     return generator
 
 
+def _draw(fn, shape, generator, device, dtype) -> torch.Tensor:
+    if generator is None or generator.device == torch.device(device):
+        return fn(shape, generator=generator, device=device, dtype=dtype)
+    return fn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+
+
 def randn(
     shape: tuple[int, ...] | torch.Size,
     *,
     generator: torch.Generator | None,
     device: torch.device,
-    dtype: torch.dtype,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Standard normal draws; a generator on another device draws there and moves the result."""
-    if generator is None or generator.device == torch.device(device):
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    draw = torch.randn(shape, generator=generator, device=generator.device, dtype=dtype)
-    return draw.to(device)
+    return _draw(torch.randn, shape, generator, device, dtype)
+
+
+def rand(
+    shape: tuple[int, ...] | torch.Size,
+    *,
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Uniform draws in [0, 1), with the same device handling as :func:`randn`."""
+    return _draw(torch.rand, shape, generator, device, dtype)

@@ -1,1 +1,34 @@
+"""Adapters to torchattacks and RobustBench (DESIGN sections 3 and 5).
 
+``torchattacks_adapter``: the engine's adaptive attacks as ``torchattacks.Attack`` classes and
+:class:`EOTAttack`, which judges success over several draws of a randomised defence.
+``robustbench_adapter``: zoo classifiers from local files, purified models, and
+``benchmark_purified`` (AutoAttack rand re-judged over draws, RobustBench-format results).
+Module names differ from the libraries' so they never shadow them.
+"""
+
+from .robustbench_adapter import (
+    MODEL_INFO_FIELDS,
+    BenchmarkResult,
+    benchmark_purified,
+    import_robustbench,
+    load_classifier,
+    purified_model,
+    write_model_info,
+)
+from .torchattacks_adapter import BPDAEOT, JUDGES, PGDEOT, EOTAttack, SelectorAwarePGD
+
+__all__ = [
+    "BPDAEOT",
+    "JUDGES",
+    "MODEL_INFO_FIELDS",
+    "PGDEOT",
+    "BenchmarkResult",
+    "EOTAttack",
+    "SelectorAwarePGD",
+    "benchmark_purified",
+    "import_robustbench",
+    "load_classifier",
+    "purified_model",
+    "write_model_info",
+]

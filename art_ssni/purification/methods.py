@@ -17,7 +17,9 @@ class DiffPure(Purifier):
     """DiffPure (Nie et al. 2022): one run to t* and back.
 
     Defaults are the CIFAR-10 Linf setting of the DDPM re-implementation: t* = 100 with 100
-    reverse steps, and a 20-step surrogate chain for attack gradients.
+    reverse steps, and a 20-step surrogate chain for attack gradients. ``surrogate_t_star``
+    sets another level for the surrogate (ImageNet: t = 200 with 10 steps around t* = 150);
+    under SSNI it scales with the sample's level like a GNS stage.
     """
 
     def __init__(
@@ -29,6 +31,7 @@ class DiffPure(Purifier):
         steps: int = 100,
         gradient: str = "full",
         surrogate_steps: int = 20,
+        surrogate_t_star: int | None = None,
         eta: float = 1.0,
         clip_denoised: bool = False,
         generator: SeedLike = None,
@@ -37,7 +40,7 @@ class DiffPure(Purifier):
             diffusion,
             t_star=t_star,
             stages=[(t_star, steps)],
-            surrogate_stages=[(t_star, surrogate_steps)],
+            surrogate_stages=[(surrogate_t_star or t_star, surrogate_steps)],
             noise=noise,
             gradient=gradient,
             eta=eta,

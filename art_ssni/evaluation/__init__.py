@@ -1,0 +1,30 @@
+"""Attacks and honest accuracy for randomised defences."""
+
+from .accuracy import AGGREGATIONS, aggregate, correct_draws, majority_vote, predict_draws
+from .attacks import (
+    NORMS,
+    bpda_eot,
+    eot_gradient,
+    gradient_mode,
+    pgd_eot,
+    project,
+    selector_aware_pgd,
+)
+from .autoattack import autoattack_rand, format_eps
+
+__all__ = [
+    "AGGREGATIONS",
+    "NORMS",
+    "aggregate",
+    "autoattack_rand",
+    "format_eps",
+    "bpda_eot",
+    "correct_draws",
+    "eot_gradient",
+    "gradient_mode",
+    "majority_vote",
+    "pgd_eot",
+    "predict_draws",
+    "project",
+    "selector_aware_pgd",
+]

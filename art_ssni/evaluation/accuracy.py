@@ -1,0 +1,62 @@
+"""Accuracy of a randomised defence over several draws, reported together.
+
+- single: the first draw alone (what one stochastic forward pass reports);
+- vote: majority vote of the predicted labels over the draws (ties go to the smallest label);
+- mean: the mean over draws of the per-draw accuracy;
+- worst: a sample counts only if every draw classifies it correctly (worst of N).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+AGGREGATIONS = ("single", "vote", "mean", "worst")
+
+
+@torch.no_grad()
+def predict_draws(
+    model: nn.Module,
+    x: torch.Tensor,
+    draws: int,
+    *,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Predicted labels (draws, N): every draw is a fresh pass through the defence."""
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    device = next(model.parameters()).device
+    out = torch.empty(draws, x.shape[0], dtype=torch.long)
+    for d in tqdm(range(draws), desc="draws", disable=not progress, leave=False):
+        for start in range(0, x.shape[0], batch_size):
+            batch = x[start : start + batch_size].to(device)
+            out[d, start : start + batch_size] = model(batch).argmax(1).cpu()
+    return out
+
+
+def correct_draws(predictions: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Boolean (draws, N): whether each draw classifies each sample correctly."""
+    if predictions.dim() != 2 or predictions.shape[1] != y.shape[0]:
+        raise ValueError(
+            f"predictions must be (draws, N) with N = {y.shape[0]}, got {tuple(predictions.shape)}"
+        )
+    return predictions == y.to(predictions.device)[None, :]
+
+
+def majority_vote(predictions: torch.Tensor) -> torch.Tensor:
+    """The most frequent label per sample over draws (ties: the smallest label)."""
+    counts = torch.nn.functional.one_hot(predictions, int(predictions.max()) + 1).sum(0)
+    return counts.argmax(1)
+
+
+def aggregate(predictions: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """single / vote / mean / worst accuracy from predicted labels (draws, N)."""
+    correct = correct_draws(predictions, y)
+    return {
+        "single": correct[0].float().mean().item(),
+        "vote": (majority_vote(predictions) == y.to(predictions.device)).float().mean().item(),
+        "mean": correct.float().mean().item(),
+        "worst": correct.all(0).float().mean().item(),
+    }

@@ -1,0 +1,159 @@
+"""Adaptive attacks on a :class:`~art_ssni.models.DefendedClassifier` (DESIGN section 5).
+
+- :func:`pgd_eot`: PGD with Expectation over Transformation (Athalye et al. 2018), Linf or L2
+  (L2 takes normalised gradient steps and projects onto the ball), summed cross-entropy. Each
+  forward pass re-runs the defence, so under SSNI the levels are re-chosen every time (the
+  SSNI paper's Algorithm 2). Gradients flow through the purifier's own gradient mode.
+- :func:`bpda_eot`: the same loop with the purifier's backward replaced by the identity
+  (the paper's Algorithm 3).
+- :func:`selector_aware_pgd`: also pushes the EPS norm of the adversarial input down,
+  differentiating through the noise network, so that SSNI injects less noise. The paper's
+  attack never targets the selector; this one does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._rng import SeedLike, as_generator, rand, randn
+
+NORMS = ("Linf", "L2")
+
+
+@contextmanager
+def gradient_mode(model: nn.Module, mode: str) -> Iterator[None]:
+    """Temporarily switch the purifier of ``model`` to gradient ``mode``."""
+    purifier = getattr(model, "purifier", None)
+    if purifier is None:
+        yield
+        return
+    previous = purifier.gradient
+    purifier.gradient = mode
+    try:
+        yield
+    finally:
+        purifier.gradient = previous
+
+
+def eot_gradient(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over ``draws`` passes of grad_x sum_i CE(model(x)_i, y_i), and the mean loss."""
+    if draws < 1:
+        raise ValueError(f"EOT draws must be >= 1, got {draws}")
+    grad = torch.zeros_like(x)
+    loss_sum = torch.zeros(x.shape[0], device=x.device)
+    for _ in range(draws):
+        xg = x.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(xg), y, reduction="none")
+        (g,) = torch.autograd.grad(loss.sum(), xg)
+        grad += g
+        loss_sum += loss.detach()
+    return grad / draws, loss_sum / draws
+
+
+def per_sample_l2(v: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each sample, shaped to broadcast against the batch (never below 1e-12)."""
+    return v.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *([1] * (v.dim() - 1)))
+
+
+def project(delta: torch.Tensor, x: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """Project a perturbation onto the eps-ball and keep x + delta in [0, 1]."""
+    if norm == "Linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        delta = delta * torch.clamp(eps / per_sample_l2(delta), max=1.0)
+    return (x + delta).clamp(0, 1) - x
+
+
+def _check(x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, step: float, iters: int):
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if not eps > 0 or not step > 0:
+        raise ValueError(f"eps and step must be positive, got eps={eps}, step={step}")
+    if iters < 0:
+        raise ValueError(f"iterations must be >= 0, got {iters}")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y must hold one label per image, got {tuple(y.shape)}")
+
+
+def pgd_eot(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    norm: str = "Linf",
+    eps: float = 8 / 255,
+    step: float = 0.007,
+    iterations: int = 200,
+    eot: int = 20,
+    random_start: bool = False,
+    selector_weight: float = 0.0,
+    generator: SeedLike = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Adversarial examples by PGD+EOT (paper defaults: 200 steps of 0.007, 20 draws).
+
+    With ``selector_weight`` w > 0 the ascent objective is
+    sum_i CE_i - w * sum_i EPS_i / s, with EPS the purifier policy's EPS norm and s the
+    standard deviation of its clean reference norms.
+    """
+    _check(x, y, norm, eps, step, iterations)
+    generator = as_generator(generator, x.device)
+    x = x.detach()
+    delta = torch.zeros_like(x)
+    if random_start:
+        draw = {"generator": generator, "device": x.device, "dtype": x.dtype}
+        if norm == "Linf":
+            delta = (2 * rand(x.shape, **draw) - 1) * eps
+        else:
+            direction = randn(x.shape, **draw)
+            radius = rand((x.shape[0], 1, 1, 1), **draw) * eps
+            delta = direction / per_sample_l2(direction) * radius
+        delta = project(delta, x, norm, eps)
+    selector = _selector(model) if selector_weight else None
+    for _ in tqdm(range(iterations), desc=f"PGD-EOT {norm}", disable=not progress, leave=False):
+        grad, _ = eot_gradient(model, x + delta, y, eot)
+        if selector is not None:
+            eps_norm, scale = selector
+            xg = (x + delta).detach().requires_grad_(True)
+            (g_eps,) = torch.autograd.grad(eps_norm(xg, generator).sum() / scale, xg)
+            grad = grad - selector_weight * g_eps
+        if norm == "Linf":
+            delta = delta + step * grad.sign()
+        else:
+            delta = delta + step * grad / per_sample_l2(grad)
+        delta = project(delta, x, norm, eps)
+    return (x + delta).detach()
+
+
+def bpda_eot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
+    """PGD+EOT with the purifier's backward pass replaced by the identity (BPDA)."""
+    with gradient_mode(model, "bpda"):
+        return pgd_eot(model, x, y, **kwargs)
+
+
+def selector_aware_pgd(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, weight: float = 1.0, **kwargs
+) -> torch.Tensor:
+    """PGD+EOT that also lowers the SSNI selector's EPS norm (weight w, see :func:`pgd_eot`)."""
+    if not weight > 0:
+        raise ValueError(f"selector weight must be positive, got {weight}")
+    _selector(model)
+    return pgd_eot(model, x, y, selector_weight=weight, **kwargs)
+
+
+def _selector(model: nn.Module):
+    policy = getattr(getattr(model, "purifier", None), "noise", None)
+    eps_norm = getattr(policy, "eps_norm", None)
+    if eps_norm is None:
+        raise ValueError("the selector-aware attack needs a purifier with an SSNI noise policy")
+    stats = getattr(policy, "stats", None)
+    scale = max(stats.std, 1e-12) if stats is not None else 1.0
+    return eps_norm, scale

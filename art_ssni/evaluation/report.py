@@ -1,0 +1,336 @@
+"""Turn an evaluation results dict into a console table, Markdown, JSON and PNG plots.
+
+The results schema is plain JSON-able data: ``{"config": {...}, "rows": [{...}, ...]}``, where
+each row names a method, an attack and the purifier's gradient mode, and holds the clean and
+robust accuracies under every aggregation (single, vote, mean, worst), the per-sample noise
+levels and EPS norms (``None`` where the defence has none), and the wall seconds per image.
+
+Every file is written atomically: to a temporary file in the target folder, then
+:func:`os.replace`. Levels are summarised as mean ± population standard deviation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+__all__ = ["COLUMN_NOTES", "format_table", "to_markdown", "write_report"]
+
+COLUMN_NOTES: tuple[tuple[str, str], ...] = (
+    ("method", "the defence (no defence, DiffPure at a fixed t*, or DiffPure with SSNI)."),
+    ("attack", "the adaptive attack that produced the adversarial inputs."),
+    (
+        "clean (vote)",
+        "accuracy on clean inputs passed through the same defence, majority vote over N draws.",
+    ),
+    ("robust vote", "accuracy on adversarial inputs, majority vote of the labels over N draws."),
+    (
+        "robust worst-of-N",
+        "an adversarial input counts only if it is classified correctly in every one of N draws.",
+    ),
+    (
+        "single / mean",
+        "the first draw alone, and the mean of the per-draw accuracies; both are in "
+        "results.json, not in this table.",
+    ),
+    ("gradient", "the purifier's gradient mode used by the attack (full, surrogate, bpda, n/a)."),
+    (
+        "levels clean / levels adv",
+        "the noise level t the defence chose per sample, as mean ± standard deviation over "
+        "the clean / adversarial inputs; - where the defence chooses none.",
+    ),
+    ("s/img", "wall seconds per image for the attack plus the evaluation."),
+)
+
+_RIGHT = (False, False, True, True, True, False, True, True, True)
+
+
+def _percent(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{100.0 * float(value):.1f}"
+
+
+def _spread(values: Sequence[float] | None) -> str:
+    if values is None or len(values) == 0:
+        return "-"
+    array = np.asarray(values, dtype=float)
+    return f"{array.mean():.1f}±{array.std():.1f}"
+
+
+def _seconds(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.2f}"
+
+
+def _accuracy(row: Mapping[str, Any], split: str, aggregation: str) -> Any:
+    return (row.get(split) or {}).get(aggregation)
+
+
+def _headers(results: Mapping[str, Any]) -> list[str]:
+    draws = (results.get("config") or {}).get("draws")
+    worst = f"robust worst-of-{draws}" if draws else "robust worst-of-N"
+    return [
+        "method",
+        "attack",
+        "clean (vote)",
+        "robust vote",
+        worst,
+        "gradient",
+        "levels clean",
+        "levels adv",
+        "s/img",
+    ]
+
+
+def _cells(row: Mapping[str, Any]) -> list[str]:
+    return [
+        str(row.get("method", "")),
+        str(row.get("attack", "")),
+        _percent(_accuracy(row, "clean", "vote")),
+        _percent(_accuracy(row, "robust", "vote")),
+        _percent(_accuracy(row, "robust", "worst")),
+        str(row.get("gradient", "n/a")),
+        _spread(row.get("levels_clean")),
+        _spread(row.get("levels_adv")),
+        _seconds(row.get("seconds_per_image")),
+    ]
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """Aligned plain-text table of the results rows (accuracies in percent)."""
+    headers = _headers(results)
+    body = [_cells(row) for row in results.get("rows", [])]
+    widths = [max(len(line[i]) for line in [headers, *body]) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(cells, widths, _RIGHT)
+        ]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([line(headers), rule, *(line(cells) for cells in body)])
+
+
+def _fraction(value: Any) -> str:
+    number = float(value)
+    scaled = number * 255.0
+    if number > 0 and abs(scaled - round(scaled)) < 1e-6:
+        return f"{round(scaled)}/255"
+    return f"{number:g}"
+
+
+def _attack_settings(attack: Mapping[str, Any]) -> str:
+    norm = attack.get("norm", "?")
+    size = _fraction if norm == "Linf" else (lambda v: f"{float(v):g}")
+    parts = [str(norm)]
+    if "eps" in attack:
+        parts.append(f"eps = {size(attack['eps'])}")
+    if "step" in attack:
+        parts.append(f"step = {size(attack['step'])}")
+    if "iterations" in attack:
+        parts.append(f"{attack['iterations']} iterations")
+    if "eot" in attack:
+        parts.append(f"EOT over {attack['eot']} draws")
+    parts.extend(
+        f"{key} = {value}"
+        for key, value in attack.items()
+        if key not in {"norm", "eps", "step", "iterations", "eot"}
+    )
+    return ", ".join(parts)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_markdown(results: Mapping[str, Any]) -> str:
+    """Markdown report: configuration header, results table and column explanations."""
+    config = results.get("config") or {}
+    lines = ["# Adversarial purification results", ""]
+    known = [
+        ("Dataset", config.get("dataset")),
+        ("Preset", config.get("preset")),
+        ("Images", config.get("n_images")),
+        ("Draws (N)", config.get("draws")),
+        ("Seed", config.get("seed")),
+        ("Attack", _attack_settings(config["attack"]) if config.get("attack") else None),
+        ("Machine", config.get("machine")),
+    ]
+    lines += [f"- **{name}:** {value}" for name, value in known if value is not None]
+    shown = {"dataset", "preset", "n_images", "draws", "seed", "attack", "machine"}
+    lines += [f"- **{key}:** {value}" for key, value in config.items() if key not in shown]
+
+    headers = _headers(results)
+    lines += ["", "## Results", ""]
+    lines.append("| " + " | ".join(_md_cell(h) for h in headers) + " |")
+    lines.append("|" + "|".join("---:" if right else "---" for right in _RIGHT) + "|")
+    for row in results.get("rows", []):
+        lines.append("| " + " | ".join(_md_cell(c) for c in _cells(row)) + " |")
+
+    lines += ["", "## What each column means", ""]
+    lines += [f"- **{name}**: {text}" for name, text in COLUMN_NOTES]
+    lines.append(
+        f"- Accuracies are percentages of the {config.get('n_images', 'evaluated')} images; "
+        f"N = {config.get('draws', 'the number of')} draws of the randomised defence."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _has(row: Mapping[str, Any], *keys: str) -> bool:
+    return any(row.get(key) is not None and len(row.get(key)) > 0 for key in keys)
+
+
+def _title(row: Mapping[str, Any]) -> str:
+    return f"{row.get('method', '')}\n{row.get('attack', '')}"
+
+
+def _panels(count: int) -> Any:
+    from matplotlib.figure import Figure
+
+    cols = min(3, count)
+    rows = math.ceil(count / cols)
+    figure = Figure(figsize=(4.2 * cols, 3.3 * rows), layout="constrained")
+    axes = figure.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return figure, axes
+
+
+def _bins(values: np.ndarray, integer: bool) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    if integer and high - low <= 60:
+        return np.arange(low - 0.5, high + 1.5)
+    if low == high:
+        return np.linspace(low - 0.5, high + 0.5, 11)
+    count = int(np.clip(2 * math.sqrt(values.size), 10, 40))
+    return np.linspace(low, high, count + 1)
+
+
+def _histograms(
+    rows: Sequence[Mapping[str, Any]], clean: str, adv: str, xlabel: str, integer: bool
+) -> Any:
+    chosen = [row for row in rows if _has(row, clean, adv)]
+    if not chosen:
+        return None
+    from matplotlib.ticker import MaxNLocator
+
+    figure, axes = _panels(len(chosen))
+    for ax, row in zip(axes, chosen):
+        series = [
+            (np.asarray(row[key], dtype=float), label, colour)
+            for key, label, colour in (
+                (clean, "clean", "tab:blue"),
+                (adv, "adversarial", "tab:red"),
+            )
+            if _has(row, key)
+        ]
+        bins = _bins(np.concatenate([values for values, _, _ in series]), integer)
+        for values, label, colour in series:
+            ax.hist(values, bins=bins, alpha=0.45, color=colour, label=label)
+            ax.hist(values, bins=bins, histtype="step", color=colour, linewidth=1.2)
+        if integer and bins[-1] - bins[0] < 10:
+            centre = 0.5 * (bins[0] + bins[-1])
+            ax.set_xlim(centre - 5, centre + 5)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        if integer:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(_title(row), fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("samples")
+        ax.legend(fontsize=8)
+    return figure
+
+
+def _accuracy_figure(rows: Sequence[Mapping[str, Any]], draws: Any) -> Any:
+    if not rows:
+        return None
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(max(6.0, 1.6 * len(rows) + 2.0), 4.5), layout="constrained")
+    ax = figure.subplots()
+    positions = np.arange(len(rows))
+    width = 0.26
+    specs = (
+        ("clean", "vote", "clean vote"),
+        ("robust", "vote", "robust vote"),
+        ("robust", "worst", f"robust worst-of-{draws or 'N'}"),
+    )
+    for index, (split, aggregation, label) in enumerate(specs):
+        heights = [
+            100.0 * float(v) if (v := _accuracy(row, split, aggregation)) is not None else np.nan
+            for row in rows
+        ]
+        bars = ax.bar(positions + (index - 1) * width, heights, width, label=label)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+    ax.set_xticks(positions, [_title(row) for row in rows], fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 110)
+    ax.legend(fontsize=8, loc="upper right")
+    return figure
+
+
+def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write results.json, results.md and the PNG plots to ``out_dir``; return what was written.
+
+    Keys: ``json``, ``markdown``, and ``eps_norms``, ``levels``, ``accuracy`` for each plot
+    that had data to show.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(results, indent=2, default=_json_default) + "\n"
+    markdown = to_markdown(results)
+
+    written = {
+        "json": _atomic_write(out / "results.json", lambda h: h.write(text.encode("utf-8"))),
+        "markdown": _atomic_write(out / "results.md", lambda h: h.write(markdown.encode("utf-8"))),
+    }
+    rows = list(results.get("rows", []))
+    draws = (results.get("config") or {}).get("draws")
+    figures = {
+        "eps_norms": _histograms(rows, "eps_clean", "eps_adv", "EPS norm", integer=False),
+        "levels": _histograms(rows, "levels_clean", "levels_adv", "noise level t", integer=True),
+        "accuracy": _accuracy_figure(rows, draws),
+    }
+    for name, figure in figures.items():
+        if figure is None:
+            continue
+        written[name] = _atomic_write(
+            out / f"{name}.png", lambda h, f=figure: f.savefig(h, format="png", dpi=120)
+        )
+    return written

@@ -1,0 +1,238 @@
+"""Batch-by-batch evaluation that survives interruption and shards across processes.
+
+Every (row, batch) pair is one unit of work with its own seed, derived from the run seed,
+the row and the batch index alone, so the result does not depend on which process ran it or
+whether the run was resumed. A finished unit is written atomically to
+``out_dir/parts/<row>/batch_<k>.pt``; a restarted run (even after kill -9) skips the units
+whose files exist. Under ``torchrun`` each rank takes the batches k with k % world == rank,
+and rank 0 merges the parts once all ranks are done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .accuracy import aggregate, predict_draws
+from .attacks import bpda_eot, pgd_eot, selector_aware_pgd
+
+ATTACKS: dict[str, Callable[..., torch.Tensor]] = {
+    "pgd-eot": pgd_eot,
+    "bpda-eot": bpda_eot,
+    "selector-aware": selector_aware_pgd,
+}
+ATTACK_NAMES = {
+    "none": "none",
+    "pgd-eot": "PGD-EOT",
+    "bpda-eot": "BPDA-EOT",
+    "selector-aware": "selector-aware PGD-EOT",
+}
+
+
+@dataclass
+class Row:
+    """One line of the results table: a defended model under one attack."""
+
+    key: str
+    method: str
+    model: nn.Module
+    attack: str
+    attack_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.attack != "none" and self.attack not in ATTACKS:
+            raise ValueError(f"unknown attack {self.attack!r}; choose from {sorted(ATTACKS)}")
+        if not self.key.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"row key must be file-safe, got {self.key!r}")
+
+
+def unit_seed(seed: int, key: str, batch: int) -> int:
+    """The seed of one (row, batch) unit: independent of rank, order and resumption."""
+    return zlib.crc32(f"{seed}:{key}:{batch}".encode()) & 0x7FFFFFFF
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_torch_save(obj: dict[str, Any], path: Path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _policy(model: nn.Module):
+    return getattr(getattr(model, "purifier", None), "noise", None)
+
+
+def evaluate_batch(
+    row: Row, x: torch.Tensor, y: torch.Tensor, *, seed: int, draws: int
+) -> dict[str, Any]:
+    """Attack one batch, then judge clean and adversarial inputs over ``draws`` passes."""
+    model = row.model
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    purifier = getattr(model, "purifier", None)
+    if purifier is not None:
+        purifier.generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    if row.attack == "none":
+        x_adv = x
+    else:
+        x_adv = ATTACKS[row.attack](model, x, y, generator=seed + 1, **row.attack_kwargs)
+    record: dict[str, Any] = {
+        "preds_clean": predict_draws(model, x, draws),
+        "preds_adv": predict_draws(model, x_adv, draws),
+        "y": y.cpu(),
+        "delta_linf": (x_adv - x).flatten(1).abs().max(1).values.cpu(),
+        "delta_l2": (x_adv - x).flatten(1).norm(dim=1).cpu(),
+    }
+    if purifier is not None:
+        with torch.no_grad():
+            record["levels_clean"] = purifier.levels(x, seed + 2).cpu()
+            record["levels_adv"] = purifier.levels(x_adv, seed + 2).cpu()
+            policy = _policy(model)
+            if hasattr(policy, "scores"):
+                record["eps_clean"] = policy.scores(x, seed + 3).float().cpu()
+                record["eps_adv"] = policy.scores(x_adv, seed + 3).float().cpu()
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
+def _merge(row: Row, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    def cat(name: str):
+        if not parts or name not in parts[0]:
+            return None
+        return torch.cat([p[name] for p in parts], dim=1 if name.startswith("preds") else 0)
+
+    y = cat("y")
+    n = int(y.shape[0])
+    gradient = getattr(getattr(row.model, "purifier", None), "gradient", None)
+    if row.attack == "bpda-eot":
+        gradient = "bpda"
+    out = {
+        "key": row.key,
+        "method": row.method,
+        "attack": ATTACK_NAMES[row.attack],
+        "gradient": gradient if gradient and row.attack != "none" else "n/a",
+        "n": n,
+        "clean": aggregate(cat("preds_clean"), y),
+        "robust": aggregate(cat("preds_adv"), y),
+        "max_delta_linf": float(cat("delta_linf").max()),
+        "max_delta_l2": float(cat("delta_l2").max()),
+        "seconds_per_image": sum(p["seconds"] for p in parts) / n,
+    }
+    for name in ("levels_clean", "levels_adv", "eps_clean", "eps_adv"):
+        values = cat(name)
+        out[name] = values.tolist() if values is not None else None
+    return out
+
+
+class Evaluation:
+    """Runs rows over a data set batch by batch, resumable and shardable.
+
+    ``config`` is stored in ``out_dir/config.json`` by the first run; resuming into a folder
+    that holds a run with another configuration raises ``ValueError``.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        config: dict[str, Any],
+        *,
+        batch_size: int,
+        draws: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        progress: bool = True,
+    ) -> None:
+        if batch_size < 1 or draws < 1:
+            raise ValueError(f"batch_size and draws must be >= 1, got {batch_size}, {draws}")
+        self.out_dir = Path(out_dir)
+        self.config = config
+        self.batch_size = batch_size
+        self.draws = draws
+        self.seed = seed
+        self.rank = rank
+        self.world = world
+        self.progress = progress and rank == 0
+
+    def check_config(self) -> None:
+        """Record the configuration, or refuse to resume a different one."""
+        path = self.out_dir / "config.json"
+        text = json.dumps(self.config, indent=2, sort_keys=True)
+        if path.exists():
+            if json.loads(path.read_text()) != json.loads(text):
+                raise ValueError(
+                    f"{self.out_dir} holds a run with another configuration; "
+                    "choose another --out folder or pass --overwrite"
+                )
+        elif self.rank == 0:
+            atomic_write_bytes(path, text.encode())
+
+    def part_path(self, key: str, batch: int) -> Path:
+        return self.out_dir / "parts" / key / f"batch_{batch:05d}.pt"
+
+    def run(self, rows: Sequence[Row], x: torch.Tensor, y: torch.Tensor) -> list[dict] | None:
+        """Evaluate every row; returns the merged rows on rank 0 (``None`` on other ranks)."""
+        n_batches = (x.shape[0] + self.batch_size - 1) // self.batch_size
+        units = [(row, b) for row in rows for b in range(n_batches) if b % self.world == self.rank]
+        todo = [(row, b) for row, b in units if not self.part_path(row.key, b).exists()]
+        bar = tqdm(
+            total=len(units),
+            initial=len(units) - len(todo),
+            disable=not self.progress,
+            desc="evaluate",
+            unit="batch",
+        )
+        for row, b in todo:
+            bar.set_postfix_str(f"{row.key} batch {b}")
+            part = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            record = evaluate_batch(
+                row, x[part], y[part], seed=unit_seed(self.seed, row.key, b), draws=self.draws
+            )
+            _atomic_torch_save(record, self.part_path(row.key, b))
+            bar.update(1)
+        bar.close()
+        barrier(self.world)
+        if self.rank != 0:
+            return None
+        merged = []
+        for row in rows:
+            parts = [
+                torch.load(self.part_path(row.key, b), weights_only=True) for b in range(n_batches)
+            ]
+            merged.append(_merge(row, parts))
+        return merged
+
+
+def barrier(world: int) -> None:
+    """Wait for every rank when running under torch.distributed."""
+    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()

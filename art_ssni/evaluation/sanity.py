@@ -1,0 +1,92 @@
+"""Checks that catch gradient masking (Carlini et al. 2019; Athalye et al. 2018).
+
+A defence that only hides gradients shows it here: accuracy should fall towards 0 as the
+budget grows, more iterations should never raise robust accuracy materially, the attack
+should beat random noise of the same size, and the undefended classifier should break.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._rng import as_generator, rand, randn
+from .accuracy import aggregate, predict_draws
+from .attacks import per_sample_l2, pgd_eot, project
+
+
+def random_perturbation(
+    x: torch.Tensor, norm: str, eps: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """x plus random noise of the attack's size: a random corner of the Linf box, or a
+    random direction of L2 length eps, kept in [0, 1]."""
+    draw = {"generator": generator, "device": x.device, "dtype": x.dtype}
+    if norm == "Linf":
+        delta = (rand(x.shape, **draw) < 0.5).to(x.dtype) * 2 * eps - eps
+    else:
+        direction = randn(x.shape, **draw)
+        delta = direction / per_sample_l2(direction) * eps
+    return x + project(delta, x, norm, eps)
+
+
+def _vote(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> float:
+    return aggregate(predict_draws(model, x, draws), y.cpu())["vote"]
+
+
+def sanity_checks(
+    model: nn.Module,
+    undefended: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    norm: str,
+    eps: float,
+    step: float,
+    iterations: int,
+    eot: int,
+    draws: int,
+    eps_multipliers: Sequence[float] = (0.5, 1, 2, 4, 8),
+    iteration_multipliers: Sequence[float] = (0.5, 1, 2),
+    seed: int = 0,
+    tolerance: float = 0.05,
+) -> dict[str, Any]:
+    """Run every check; each verdict is reported with the numbers behind it."""
+    attack = {"norm": norm, "iterations": iterations, "eot": eot, "generator": seed}
+    by_eps = []
+    for m in eps_multipliers:
+        e = min(eps * m, 1.0)
+        x_adv = pgd_eot(model, x, y, **{**attack, "eps": e, "step": step * e / eps})
+        by_eps.append({"eps": e, "robust_vote": _vote(model, x_adv, y, draws)})
+    by_iterations = []
+    for m in iteration_multipliers:
+        n = max(1, round(iterations * m))
+        x_adv = pgd_eot(model, x, y, **{**attack, "iterations": n, "eps": eps, "step": step})
+        by_iterations.append({"iterations": n, "robust_vote": _vote(model, x_adv, y, draws)})
+    noisy = random_perturbation(x, norm, eps, as_generator(seed + 1, x.device))
+    x_adv = pgd_eot(model, x, y, **{**attack, "eps": eps, "step": step})
+    attacked = _vote(model, x_adv, y, draws)
+    random_acc = _vote(model, noisy, y, draws)
+    x_und = pgd_eot(undefended, x, y, **{**attack, "eot": 1, "eps": eps, "step": step})
+    undefended_acc = _vote(undefended, x_und, y, 1)
+    iteration_accs = [r["robust_vote"] for r in by_iterations]
+    checks = {
+        "accuracy_falls_with_eps": by_eps[-1]["robust_vote"] <= 0.1,
+        "more_iterations_never_help": all(
+            later <= earlier + tolerance
+            for earlier, later in zip(iteration_accs, iteration_accs[1:])
+        ),
+        "attack_beats_random_noise": attacked < random_acc - tolerance or random_acc == 0.0,
+        "undefended_is_broken": undefended_acc <= tolerance,
+    }
+    return {
+        "by_eps": by_eps,
+        "by_iterations": by_iterations,
+        "attack_vote": attacked,
+        "random_noise_vote": random_acc,
+        "undefended_vote": undefended_acc,
+        "checks": checks,
+        "passed": all(checks.values()),
+    }

@@ -1,0 +1,218 @@
+"""Core purification benchmark: throughput, SSNI overhead, network rows, gradient memory.
+
+Runs on CPU (or GPU with --device cuda) on a small diffusers UNet at 32x32 with random
+weights; prints a table and writes JSON. Memory of a gradient is measured as the bytes the
+autograd graph keeps for the backward pass (saved-tensor hooks), and as the peak memory one
+forward + backward adds, in a fresh process (resident set on CPU, allocator peak on CUDA).
+
+    python benchmarks/bench_core.py [--device cpu] [--batch 4] [--out benchmarks/results/core.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from art_ssni import DiffPure, DiffusionModel, EPSNorm, ReferenceStats, SSNISigmoid
+from art_ssni._compat import import_torchvision
+
+
+class RowCounter(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.rows = 0
+
+    def forward(self, x, t):
+        self.rows += x.shape[0]
+        return self.net(x, t)
+
+
+def small_unet() -> nn.Module:
+    import_torchvision()
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    )
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def saved_bytes(fn) -> int:
+    """Bytes the autograd graph keeps for backward while ``fn`` builds it (peak, deduplicated)."""
+    live: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        live[id(t)] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    total = sum(live.values())
+    del out
+    return total
+
+
+def peak_rss_of_gradient(steps: int, checkpoint: bool, args: argparse.Namespace) -> float:
+    """Peak resident memory added by one forward + backward of the full gradient (MiB).
+
+    Runs in a fresh process so that the allocator's high-water mark belongs to this run alone.
+    """
+    code = (
+        "import sys, resource, torch; sys.argv = ['x'];"
+        "from benchmarks.bench_core import _gradient_run; print(_gradient_run("
+        f"{steps}, {checkpoint}, {args.batch}, {args.t_star}, {args.device!r}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _gradient_run(steps: int, checkpoint: bool, batch: int, t_star: int, device: str) -> float:
+    device = torch.device(device)
+    diffusion = DiffusionModel(small_unet(), image_shape=(3, 32, 32)).to(device).eval()
+    for p in diffusion.parameters():
+        p.requires_grad_(False)
+    purifier = DiffPure(diffusion, t_star=t_star, steps=steps)
+    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
+    x.requires_grad_(True)
+    levels = purifier.levels(x)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        purifier.purify(x, levels, purifier.stages, g)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out = purifier.purify(x, levels, purifier.stages, g, checkpoint=checkpoint)
+    out.sum().backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--t-star", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/results/core.json")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    counter = RowCounter(small_unet())
+    diffusion = DiffusionModel(counter, image_shape=(3, 32, 32)).to(device).eval()
+    for p in diffusion.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(args.batch, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
+
+    eps_norm = EPSNorm(diffusion, num_levels=20)
+    reference = torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(2)).to(device)
+    stats = ReferenceStats.from_images(eps_norm, reference, batch_size=16, progress=False)
+    policy = SSNISigmoid(eps_norm, stats, t_star=args.t_star, tau=max(stats.std, 1e-6))
+
+    fixed = DiffPure(diffusion, t_star=args.t_star, steps=args.steps, generator=0)
+    ssni = DiffPure(diffusion, noise=policy, t_star=args.t_star, steps=args.steps, generator=0)
+    rows = {}
+    speed = {}
+    for name, purifier in (("fixed", fixed), ("ssni-n", ssni)):
+        with torch.no_grad():
+            purifier(x)
+            counter.rows = 0
+            seconds = timed(lambda p=purifier: p(x), args.repeats, device)
+        rows[name] = counter.rows / (args.repeats * args.batch)
+        speed[name] = args.batch / seconds
+    with torch.no_grad():
+        levels = ssni.levels(x, 0)
+
+    memory = {}
+    for steps in (10, 100):
+        for checkpoint in (True, False):
+            purifier = DiffPure(diffusion, t_star=args.t_star, steps=steps, generator=0)
+            xg = x.clone().requires_grad_(True)
+            lv = purifier.levels(xg)
+            g = torch.Generator().manual_seed(0)
+            graph = saved_bytes(
+                lambda p=purifier, xg=xg, lv=lv, g=g, c=checkpoint: p.purify(
+                    xg, lv, p.stages, g, checkpoint=c
+                )
+            )
+            key = f"K={steps},{'checkpointed' if checkpoint else 'plain'}"
+            memory[key] = {
+                "graph_MiB": graph / 2**20,
+                "peak_added_MiB": peak_rss_of_gradient(steps, checkpoint, args),
+            }
+
+    result = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "device": str(device),
+        "torch": torch.__version__,
+        "network": "diffusers UNet2DModel 32x32, channels (32, 64), random weights",
+        "parameters": sum(p.numel() for p in counter.parameters()),
+        "batch": args.batch,
+        "t_star": args.t_star,
+        "steps": args.steps,
+        "images_per_second": speed,
+        "ssni_overhead_ratio": speed["fixed"] / speed["ssni-n"],
+        "network_rows_per_image": rows,
+        "ssni_levels": levels.tolist(),
+        "full_gradient_memory": memory,
+        "full_gradient_peak_ratio_K100_over_K10": memory["K=100,checkpointed"]["peak_added_MiB"]
+        / memory["K=10,checkpointed"]["peak_added_MiB"],
+    }
+    print(f"{'method':<10}{'images/s':>10}{'rows/image':>12}")
+    for name in speed:
+        print(f"{name:<10}{speed[name]:>10.2f}{rows[name]:>12.1f}")
+    print(f"SSNI-N overhead (fixed / SSNI-N time ratio): {result['ssni_overhead_ratio']:.3f}")
+    print(f"{'full gradient memory (MiB)':<26}{'graph':>10}{'peak added':>12}")
+    for key, value in memory.items():
+        print(f"{key:<26}{value['graph_MiB']:>10.2f}{value['peak_added_MiB']:>12.1f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""The paper's presets hold the published numbers and build correctly configured purifiers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from art_ssni import (
+    GDMP,
+    GNS,
+    DiffPure,
+    DiffusionModel,
+    EPSNorm,
+    FixedNoise,
+    ReferenceStats,
+    SSNILinear,
+    SSNISigmoid,
+)
+from art_ssni.presets import (
+    METHODS,
+    NOISE_KINDS,
+    build_noise,
+    build_purifier,
+    get_preset,
+    list_presets,
+    preset_summary,
+)
+from art_ssni.purification import GNS_CIFAR10_STAGES, GNS_IMAGENET_STAGES
+
+from tiny import TinyEpsNet
+
+
+@pytest.fixture(scope="module")
+def cifar_diffusion() -> DiffusionModel:
+    return DiffusionModel(TinyEpsNet(), image_shape=(3, 32, 32), name="tiny-cifar")
+
+
+@pytest.fixture(scope="module")
+def cifar_stats(cifar_diffusion) -> ReferenceStats:
+    eps_norm = EPSNorm(cifar_diffusion, num_levels=get_preset("cifar10-linf").ssni.num_levels)
+    clean = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    return ReferenceStats.from_images(eps_norm, clean, generator=0, progress=False)
+
+
+def test_list_and_unknown_preset():
+    assert list_presets() == ("cifar10-bpda", "cifar10-l2", "cifar10-linf", "imagenet-linf")
+    with pytest.raises(ValueError, match=r"unknown preset 'cifar100'.*cifar10-linf"):
+        get_preset("cifar100")
+
+
+def test_cifar10_linf_numbers():
+    p = get_preset("cifar10-linf")
+    assert (p.dataset, p.split, p.image_size, p.classifier_input_size) == (
+        "cifar10",
+        "test",
+        32,
+        32,
+    )
+    assert p.attack.kind == "pgd-eot" and p.norm == "Linf" and p.epsilon == 8 / 255
+    assert (p.attack.iterations, p.attack.eot, p.attack.step) == (200, 20, 0.007)
+    assert p.attack.gradient == "surrogate"
+    assert (p.num_images, p.runs) == (512, 3)
+    assert p.diffusion_checkpoint == "score_sde" and "wrn-28-10" in p.classifier
+    assert (p.ssni.num_levels, p.ssni.tau, p.ssni.reference_images) == (20, 20.0, 5000)
+    diffpure = p.method("diffpure")
+    assert diffpure.t_star == 100
+    assert diffpure.kwargs() == {"t_star": 100, "steps": 100, "surrogate_steps": 20}
+    gdmp = p.method("gdmp").kwargs()
+    assert (gdmp["runs"], gdmp["steps"], gdmp["t_star"], gdmp["guidance"]) == (4, 36, 36, "none")
+    gns = p.method("gns")
+    assert gns.kwargs()["stages"] == GNS_CIFAR10_STAGES and gns.t_star == 125
+    assert gns.kwargs()["surrogate_stages"] == ((30, 1), (50, 1), (125, 5))
+    assert gns.kwargs()["votes"] == 10
+
+
+def test_cifar10_l2_and_bpda_numbers():
+    l2 = get_preset("cifar10-l2")
+    assert l2.norm == "L2" and l2.epsilon == 0.5 and l2.method("diffpure").t_star == 75
+    assert l2.attack.iterations == 200 and l2.attack.eot == 20
+    assert any("GDMP" in note for note in l2.notes)
+    bpda = get_preset("cifar10-bpda")
+    assert bpda.attack.kind == "bpda-eot" and bpda.attack.gradient == "bpda"
+    assert bpda.epsilon == 8 / 255 and bpda.method("diffpure").t_star == 100
+    gdmp = bpda.method("gdmp").kwargs()
+    assert (gdmp["runs"], gdmp["steps"], gdmp["t_star"]) == (2, 50, 50)
+
+
+def test_imagenet_numbers():
+    p = get_preset("imagenet-linf")
+    assert (p.dataset, p.image_size, p.classifier_input_size) == ("imagenet", 256, 224)
+    assert p.norm == "Linf" and p.epsilon == 4 / 255 and p.attack.eot == 20
+    assert p.diffusion_checkpoint == "guided_diffusion" and "resnet50" in p.classifier
+    assert p.method("diffpure").t_star == 150
+    assert p.method("diffpure").kwargs()["surrogate_t_star"] == 200
+    assert p.method("gns").kwargs()["stages"] == GNS_IMAGENET_STAGES
+    assert p.ssni.num_levels == 50 and p.ssni.tau > 0
+    assert any("tau=160" in note for note in p.notes)
+
+
+def test_presets_are_frozen_plain_data():
+    p = get_preset("cifar10-linf")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.num_images = 10
+    assert hash(p) == hash(get_preset("cifar10-linf"))
+    summary = preset_summary("imagenet-linf")
+    assert summary["methods"]["diffpure"]["surrogate_t_star"] == 200
+    with pytest.raises(ValueError, match="unknown method"):
+        p.method("adp")
+
+
+def test_build_diffpure_gdmp_gns(cifar_diffusion):
+    diffpure = build_purifier("cifar10-linf", "diffpure", cifar_diffusion)
+    assert isinstance(diffpure, DiffPure) and diffpure.t_star == 100
+    assert diffpure.stages == ((100, 100),) and diffpure.surrogate_stages == ((100, 20),)
+    assert diffpure.gradient == "surrogate" and isinstance(diffpure.noise, FixedNoise)
+    assert diffpure.noise.t_star == 100
+    full = build_purifier(get_preset("cifar10-l2"), "diffpure", cifar_diffusion, gradient="full")
+    assert full.gradient == "full" and full.stages == ((75, 100),)
+    gdmp = build_purifier("cifar10-linf", "gdmp", cifar_diffusion)
+    assert isinstance(gdmp, GDMP) and gdmp.stages == ((36, 36),) * 4 and gdmp.runs == 4
+    assert gdmp.guidance == "none"
+    gdmp_bpda = build_purifier("cifar10-bpda", "gdmp", cifar_diffusion)
+    assert gdmp_bpda.stages == ((50, 50),) * 2 and gdmp_bpda.gradient == "bpda"
+    gns = build_purifier("cifar10-linf", "gns", cifar_diffusion, generator=3)
+    assert isinstance(gns, GNS) and gns.stages == GNS_CIFAR10_STAGES and gns.votes == 10
+    assert gns.t_star == 125 and gns.surrogate_stages == ((30, 1), (50, 1), (125, 5))
+    assert build_purifier("cifar10-linf", "diffpure", cifar_diffusion, steps=10).stages == (
+        (100, 10),
+    )
+
+
+def test_build_imagenet_diffpure_surrogate():
+    diffusion = DiffusionModel(TinyEpsNet(), image_shape=(3, 256, 256))
+    diffpure = build_purifier("imagenet-linf", "diffpure", diffusion)
+    assert diffpure.stages == ((150, 150),) and diffpure.surrogate_stages == ((200, 10),)
+    gns = build_purifier("imagenet-linf", "gns", diffusion)
+    assert gns.stages == GNS_IMAGENET_STAGES and gns.t_star == 200
+
+
+def test_build_purifier_validates(cifar_diffusion):
+    with pytest.raises(ValueError, match="unknown method"):
+        build_purifier("cifar10-linf", "adp", cifar_diffusion)
+    with pytest.raises(ValueError, match=r"purifies \(3, 256, 256\)"):
+        build_purifier("imagenet-linf", "diffpure", cifar_diffusion)
+    with pytest.raises(ValueError, match="t\\*=36"):
+        build_purifier("cifar10-linf", "gdmp", cifar_diffusion, noise=FixedNoise(100))
+    with pytest.raises(ValueError, match="gradient must be"):
+        build_purifier("cifar10-linf", "gns", cifar_diffusion, gradient="exact")
+
+
+def test_build_noise_kinds(cifar_diffusion, cifar_stats):
+    assert METHODS == ("diffpure", "gdmp", "gns") and NOISE_KINDS == ("fixed", "ssni-l", "ssni-n")
+    fixed = build_noise("cifar10-linf", "gns", "fixed", cifar_diffusion)
+    assert isinstance(fixed, FixedNoise) and fixed.t_star == 125
+    linear = build_noise("cifar10-linf", "diffpure", "ssni-l", cifar_diffusion, cifar_stats)
+    assert isinstance(linear, SSNILinear) and linear.t_star == 100 and linear.bounds == "reference"
+    assert linear.eps_norm.num_levels == 20
+    sigmoid = build_noise("cifar10-l2", "diffpure", "ssni-n", cifar_diffusion, cifar_stats)
+    assert isinstance(sigmoid, SSNISigmoid) and sigmoid.t_star == 75 and sigmoid.tau == 20.0
+    tuned = build_noise(
+        "cifar10-linf", "gdmp", "ssni-n", cifar_diffusion, cifar_stats, tau=5, bias=3
+    )
+    assert (tuned.tau, tuned.bias, tuned.t_star) == (5.0, 3.0, 36)
+    with pytest.raises(ValueError, match="needs reference statistics"):
+        build_noise("cifar10-linf", "diffpure", "ssni-l", cifar_diffusion)
+    with pytest.raises(ValueError, match="unknown noise kind"):
+        build_noise("cifar10-linf", "diffpure", "ssni", cifar_diffusion, cifar_stats)
+
+
+def test_ssni_purifier_runs_end_to_end(cifar_diffusion, cifar_stats):
+    noise = build_noise("cifar10-linf", "diffpure", "ssni-n", cifar_diffusion, cifar_stats)
+    purifier = build_purifier("cifar10-linf", "diffpure", cifar_diffusion, noise=noise, steps=5)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    levels = purifier.levels(x, generator=0)
+    assert levels.shape == (2,) and bool(((levels >= 0) & (levels <= 1000)).all())
+    out = purifier(x, generator=0)
+    assert out.shape == x.shape and bool(torch.isfinite(out).all())
+
+
+def test_cli_preset_setup_uses_the_method_settings(tmp_path, monkeypatch, cifar_diffusion):
+    import argparse
+
+    import numpy as np
+    from PIL import Image
+
+    from art_ssni import cli
+    from art_ssni.diffusion.model import DiffusionModel as DM
+
+    for i, cls in enumerate(("cat", "dog", "ship")):
+        (tmp_path / "test" / cls).mkdir(parents=True)
+        Image.fromarray(np.full((32, 32, 3), 40 * i, dtype=np.uint8)).save(
+            tmp_path / "test" / cls / "0000.png"
+        )
+    (tmp_path / "ckpt.pth").write_bytes(b"x")
+    monkeypatch.setattr(DM, "from_score_sde", classmethod(lambda cls, path: cifar_diffusion))
+    monkeypatch.setattr(
+        "art_ssni.models.classifiers.load_cifar10_wideresnet", lambda path: torch.nn.Identity()
+    )
+    args = argparse.Namespace(
+        preset="cifar10-bpda",
+        method="gdmp",
+        diffusion_checkpoint=str(tmp_path / "ckpt.pth"),
+        classifier_checkpoint="Standard.pt",
+        data_dir=str(tmp_path),
+        stats=None,
+        seed=0,
+        n_images=None,
+    )
+    setup = cli.preset_setup(args)
+    assert setup.name == "cifar10" and setup.diffusion is cifar_diffusion
+    assert setup.x.shape == (3, 3, 32, 32) and setup.y.tolist() == [3, 5, 8]
+    d = setup.defaults
+    assert (d["t_star"], d["steps"], d["gradient"], d["eps"]) == (50, 50, "bpda", 8 / 255)
+    assert (d["iterations"], d["eot"], d["n_images"], d["tau"], d["num_levels"]) == (
+        200,
+        20,
+        512,
+        20.0,
+        20,
+    )
+    assert setup.purifier_kwargs["gdmp"]["runs"] == 2 and setup.stats is None
+    args.diffusion_checkpoint = None
+    with pytest.raises(cli.CommandError, match="needs --diffusion-checkpoint"):
+        cli.preset_setup(args)
+
+
+def test_imagenet_images_read_only_the_subset(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from art_ssni.presets import load_preset_images
+
+    for split in ("val", "train"):
+        for k in range(1000):
+            (tmp_path / split / f"n{k:08d}").mkdir(parents=True)
+        for k in (0, 7, 999):
+            pixels = np.full((40, 60, 3), k % 256, dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / split / f"n{k:08d}" / "a.JPEG")
+    x, y = load_preset_images("imagenet-linf", "test", tmp_path, n_images=2, seed=0)
+    assert x.shape == (2, 3, 256, 256) and set(y.tolist()) <= {0, 7, 999}
+    x_all, y_all = load_preset_images("imagenet-linf", "train", tmp_path)
+    assert x_all.shape == (3, 3, 256, 256) and y_all.tolist() == [0, 7, 999]

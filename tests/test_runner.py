@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from art_ssni import DiffPure
+from art_ssni.evaluation.runner import Evaluation, Row, unit_seed
+from art_ssni.models.defended import DefendedClassifier
+
+from tiny import TinyClassifier
+
+ATTACK = {"eps": 0.05, "step": 0.01, "iterations": 2, "eot": 1}
+
+
+def _rows(diffusion):
+    classifier = TinyClassifier()
+    purifier = DiffPure(diffusion, t_star=6, steps=2, surrogate_steps=1)
+    return [
+        Row("none-pgd", "No defence", DefendedClassifier(None, classifier), "pgd-eot", ATTACK),
+        Row(
+            "diffpure-fixed",
+            "DiffPure",
+            DefendedClassifier(purifier, classifier),
+            "pgd-eot",
+            ATTACK,
+        ),
+    ]
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(10, 3, 8, 8, generator=g), torch.randint(0, 10, (10,), generator=g)
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k != "seconds_per_image"} for r in rows]
+
+
+def test_resume_skips_finished_batches_and_gives_the_same_results(tmp_path, diffusion):
+    x, y = _data()
+    config = {"test": 1}
+    full = Evaluation(tmp_path / "a", config, batch_size=4, draws=2, seed=0, progress=False)
+    full.check_config()
+    expected = full.run(_rows(diffusion), x, y)
+
+    partial = Evaluation(tmp_path / "b", config, batch_size=4, draws=2, seed=0, progress=False)
+    partial.check_config()
+    partial.run(_rows(diffusion), x, y)
+    removed = [partial.part_path("diffpure-fixed", 1), partial.part_path("none-pgd", 2)]
+    for path in removed:
+        path.unlink()
+    kept = partial.part_path("diffpure-fixed", 0)
+    stamp = kept.stat().st_mtime_ns
+    resumed = partial.run(_rows(diffusion), x, y)
+    assert kept.stat().st_mtime_ns == stamp  # finished work is not redone
+    assert all(path.exists() for path in removed)
+    assert _strip(resumed) == _strip(expected)
+    assert [r["n"] for r in resumed] == [10, 10]
+    assert not list((tmp_path / "b").rglob("*.tmp"))
+
+
+def test_shards_merge_to_the_single_process_result(tmp_path, diffusion):
+    x, y = _data()
+    single = Evaluation(tmp_path / "one", {}, batch_size=4, draws=2, seed=3, progress=False)
+    expected = single.run(_rows(diffusion), x, y)
+    shared = tmp_path / "two"
+    Evaluation(shared, {}, batch_size=4, draws=2, seed=3, rank=1, world=2, progress=False).run(
+        _rows(diffusion), x, y
+    )
+    merged = Evaluation(
+        shared, {}, batch_size=4, draws=2, seed=3, rank=0, world=2, progress=False
+    ).run(_rows(diffusion), x, y)
+    assert _strip(merged) == _strip(expected)
+
+
+def test_resuming_another_configuration_is_refused(tmp_path):
+    Evaluation(tmp_path, {"eps": 0.1}, batch_size=4, draws=1, seed=0).check_config()
+    with pytest.raises(ValueError, match="another configuration"):
+        Evaluation(tmp_path, {"eps": 0.2}, batch_size=4, draws=1, seed=0).check_config()
+
+
+def test_unit_seeds_are_stable_and_distinct():
+    assert unit_seed(0, "a", 1) == unit_seed(0, "a", 1)
+    assert len({unit_seed(0, k, b) for k in "ab" for b in range(50)}) == 100
