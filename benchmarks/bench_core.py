@@ -113,8 +113,8 @@ def _gradient_run(steps: int, checkpoint: bool, batch: int, t_star: int, device:
     x.requires_grad_(True)
     levels = purifier.levels(x)
     g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        purifier.purify(x, levels, purifier.stages, g)
+    warm = x[:1].detach().clone().requires_grad_(True)
+    purifier.purify(warm, levels[:1], ((t_star, 1),), g, checkpoint=checkpoint).sum().backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

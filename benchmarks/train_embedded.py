@@ -347,6 +347,7 @@ def save_safetensors(model: nn.Module, path: Path) -> None:
 
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={"format": "pt"})
+    path.chmod(0o644)  # safetensors writes 0600; installed package data must be readable
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """A small noise-prediction UNet for 8x8 images (the embedded offline diffusion model).
 
-Written for the digits zoo model (``art_ssni.models.zoo``): a few hundred thousand
-parameters, so that a forward pass at batch 512 costs a few tens of milliseconds on one CPU
-core and the purification and EPS code can be exercised end to end without a GPU.
+Written for the digits zoo model (``art_ssni.models.zoo``): with the zoo config
+(``base_channels=16``) it has 164k parameters and costs about 3.9 GFLOP per forward pass at
+batch 512 (roughly 0.1 s on one core of a shared 2-core CPU), so the purification and EPS
+code can be exercised end to end without a GPU.
 
 Layout (for the default ``channel_mult=(1, 2)``): 8x8 -> 4x4, residual blocks with
 GroupNorm and SiLU conditioned on a sinusoidal embedding of the timestep, an optional
