@@ -54,8 +54,8 @@ class Setup:
 
 # The embedded default's settings, chosen by benchmarks/sweep_embedded.py (benchmarks/README.md).
 DIGITS_DEFAULTS: dict[str, Any] = {
-    "t_star": 40,
-    "steps": 20,
+    "t_star": 60,
+    "steps": 10,
     "surrogate_steps": 5,
     "gradient": "full",
     "num_levels": 20,
@@ -63,9 +63,9 @@ DIGITS_DEFAULTS: dict[str, Any] = {
     "bias": 0,
     "norm": "Linf",
     "eps": 0.2,
-    "step": 0.02,
-    "iterations": 20,
-    "eot": 4,
+    "step": 0.025,
+    "iterations": 10,
+    "eot": 2,
     "n_images": 128,
     "draws": 8,
     "batch_size": 64,

@@ -429,9 +429,10 @@ def benchmark_purified(
     Evaluates the first ``n_examples`` test images (or of ``x``, ``y`` when given) with
     :func:`~art_ssni.evaluation.autoattack.autoattack_rand` (``eot_iter`` EOT draws,
     ``n_iter`` iterations) and measures clean and robust accuracy over the same ``draws``
-    passes of the defence. ``eps`` defaults to RobustBench's standard budget (8/255 CIFAR Linf,
-    4/255 ImageNet Linf, 0.5 L2). Data come from robustbench's loaders, which read a local
-    torchvision copy under ``data_dir`` offline.
+    passes of the defence; with ``x`` and ``y`` given, ``dataset`` may also name a data set
+    RobustBench does not know (e.g. the embedded ``digits``). ``eps`` defaults to
+    RobustBench's standard budget (8/255 CIFAR Linf, 4/255 ImageNet Linf, 0.5 L2). Data come
+    from robustbench's loaders, which read a local torchvision copy under ``data_dir`` offline.
 
     Returns a :class:`BenchmarkResult`: it unpacks as ``clean_acc, robust_acc`` (both the
     majority vote over ``draws``), and ``.details`` holds the single / vote / mean / worst
@@ -440,8 +441,14 @@ def benchmark_purified(
     authors, additional_data, venue, architecture, reported, footnote), kept from an existing
     file otherwise. The file is always marked ``unreliable`` with a footnote naming the protocol.
     """
-    dataset_, threat_ = _enums(dataset, threat_model)
-    if threat_.value not in ("Linf", "L2"):
+    try:
+        dataset_, threat_ = _enums(dataset, threat_model)
+        dataset_name, threat_name = dataset_.value, threat_.value
+    except ValueError:
+        if x is None:
+            raise
+        dataset_name, threat_name = str(dataset), str(threat_model)
+    if threat_name not in ("Linf", "L2"):
         raise ValueError(
             f"threat_model must be 'Linf' or 'L2' for AutoAttack, got {threat_model!r}"
         )
@@ -462,7 +469,7 @@ def benchmark_purified(
                 f"info[{key!r}] must be a {DESCRIPTIVE_FIELDS[key].__name__}, got {value!r}"
             )
     if eps is None:
-        eps = 0.5 if threat_.value == "L2" else 4 / 255 if dataset_.value == "imagenet" else 8 / 255
+        eps = 0.5 if threat_name == "L2" else 4 / 255 if dataset_name == "imagenet" else 8 / 255
     if (x is None) != (y is None):
         raise ValueError("give both x and y, or neither")
     if x is None:
@@ -477,7 +484,7 @@ def benchmark_purified(
         model,
         x,
         y,
-        norm=threat_.value,
+        norm=threat_name,
         eps=eps,
         eot_iter=eot_iter,
         n_iter=n_iter,
@@ -487,17 +494,17 @@ def benchmark_purified(
         verbose=verbose,
     )
     details = {**details, "n_examples": int(x.shape[0]), "draws": draws, "eps": eps}
-    details.update({"dataset": dataset_.value, "threat_model": threat_.value})
+    details.update({"dataset": dataset_name, "threat_model": threat_name})
     if to_disk:
         model_name = str(model_name)
-        folder = Path(info_root) / "model_info" / dataset_.value / threat_.value
+        folder = Path(info_root) / "model_info" / dataset_name / threat_name
         existing: dict[str, Any] = {}
         if (folder / f"{model_name}.json").is_file():
             existing = json.loads((folder / f"{model_name}.json").read_text(encoding="utf-8"))
         record = _model_info_record(
-            model, model_name, dataset_.value, threat_.value, eps, draws, details, info, existing
+            model, model_name, dataset_name, threat_name, eps, draws, details, info, existing
         )
         details["model_info_path"] = str(
-            write_model_info(info_root, dataset_.value, threat_.value, model_name, record)
+            write_model_info(info_root, dataset_name, threat_name, model_name, record)
         )
     return BenchmarkResult(details["clean"]["vote"], details["robust"]["vote"], details, x_adv)

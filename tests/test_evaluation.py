@@ -153,3 +153,36 @@ def test_attack_argument_errors(diffusion, images):
         pgd_eot(model, images, torch.arange(5))
     with pytest.raises(ValueError, match="draws"):
         predict_draws(model, images, 0)
+
+
+def test_sanity_checks_report_their_numbers_and_verdicts(diffusion):
+    from art_ssni.evaluation.sanity import random_perturbation, sanity_checks
+
+    torch.manual_seed(0)
+    classifier = TinyClassifier()
+    x = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    y = classifier(x).argmax(1)
+    weak = DefendedClassifier(DiffPure(diffusion, t_star=1, steps=1, generator=0), classifier)
+    report = sanity_checks(
+        weak,
+        DefendedClassifier(None, classifier),
+        x,
+        y,
+        norm="Linf",
+        eps=0.1,
+        step=0.03,
+        iterations=4,
+        eot=1,
+        draws=2,
+        eps_multipliers=(1, 4),
+        iteration_multipliers=(1, 2),
+    )
+    assert [r["eps"] for r in report["by_eps"]] == [0.1, 0.4]
+    assert [r["iterations"] for r in report["by_iterations"]] == [4, 8]
+    assert report["checks"]["accuracy_falls_with_eps"] and report["checks"]["undefended_is_broken"]
+    assert report["checks"]["attack_beats_random_noise"]
+    assert report["passed"] == all(report["checks"].values())
+    noisy = random_perturbation(x, "Linf", 0.05, torch.Generator().manual_seed(0))
+    assert (noisy - x).abs().max() <= 0.05 + 1e-6 and noisy.min() >= 0 and noisy.max() <= 1
+    l2 = random_perturbation(x, "L2", 0.5, torch.Generator().manual_seed(0))
+    assert ((l2 - x).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()

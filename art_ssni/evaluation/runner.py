@@ -27,16 +27,48 @@ from tqdm.auto import tqdm
 from .accuracy import aggregate, predict_draws
 from .attacks import bpda_eot, pgd_eot, selector_aware_pgd
 
+
+def autoattack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    generator: int,
+    norm: str,
+    eps: float,
+    iterations: int,
+    eot: int,
+    step: float | None = None,
+) -> torch.Tensor:
+    """Reference AutoAttack ``rand`` examples; the runner re-judges them over its draws."""
+    from .autoattack import autoattack_rand
+
+    x_adv, _ = autoattack_rand(
+        model,
+        x,
+        y,
+        norm=norm,
+        eps=eps,
+        eot_iter=eot,
+        n_iter=iterations,
+        judge_draws=1,
+        seed=generator,
+    )
+    return x_adv
+
+
 ATTACKS: dict[str, Callable[..., torch.Tensor]] = {
     "pgd-eot": pgd_eot,
     "bpda-eot": bpda_eot,
     "selector-aware": selector_aware_pgd,
+    "autoattack": autoattack,
 }
 ATTACK_NAMES = {
     "none": "none",
     "pgd-eot": "PGD-EOT",
     "bpda-eot": "BPDA-EOT",
     "selector-aware": "selector-aware PGD-EOT",
+    "autoattack": "AutoAttack rand (re-judged)",
 }
 
 

@@ -1,0 +1,30 @@
+"""The README's examples run as written (in order, sharing one namespace)."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_states_the_two_commands():
+    text = README.read_text()
+    assert "bash .ci/install && .venv/bin/art-ssni evaluate" in text
+    assert ".venv/bin/python -m pytest -q" in text
+    run = (README.parent / ".ci" / "run").read_text()
+    assert ".venv/bin/python -m pytest -q" in run
+
+
+def test_readme_examples_run(tmp_path, monkeypatch, capsys):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) == 3
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "robust accuracy (one draw):" in out and "AutoAttack rand" in out
+    assert 0.0 <= namespace["robust_acc"] <= namespace["clean_acc"] <= 1.0
+    assert namespace["x_adv"].shape == (16, 1, 8, 8)
+    assert abs(namespace["x_adv"] - namespace["x"]).max() <= 0.2 + 1e-6
+    info = tmp_path / "runs/robustbench/model_info/digits/Linf/digits-DiffPure-SSNI-N.json"
+    assert info.is_file()
