@@ -69,7 +69,7 @@ DIGITS_DEFAULTS: dict[str, Any] = {
     "n_images": 128,
     "draws": 8,
     "batch_size": 64,
-    "selector_weight": 1.0,
+    "selector_weight": 0.5,
 }
 QUICK = {"iterations": 3, "eot": 2, "n_images": 32, "draws": 3, "batch_size": 32}
 
@@ -213,8 +213,8 @@ def embedded_setup(args: argparse.Namespace, split: str = "test") -> Setup:
 
 
 PRESET_EXTRAS: dict[str, dict[str, Any]] = {
-    "cifar10": {"draws": 10, "batch_size": 64, "selector_weight": 1.0},
-    "imagenet": {"draws": 10, "batch_size": 8, "selector_weight": 1.0},
+    "cifar10": {"draws": 10, "batch_size": 64, "selector_weight": 0.5},
+    "imagenet": {"draws": 10, "batch_size": 8, "selector_weight": 0.5},
 }
 
 

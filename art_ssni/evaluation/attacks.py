@@ -100,9 +100,11 @@ def pgd_eot(
 ) -> torch.Tensor:
     """Adversarial examples by PGD+EOT (paper defaults: 200 steps of 0.007, 20 draws).
 
-    With ``selector_weight`` w > 0 the ascent objective is
-    sum_i CE_i - w * sum_i EPS_i / s, with EPS the purifier policy's EPS norm and s the
-    standard deviation of its clean reference norms.
+    With ``selector_weight`` w > 0 each step ascends g_CE / ||g_CE|| - w g_EPS / ||g_EPS||
+    per sample: the EOT gradient of the cross-entropy and the gradient of the purifier
+    policy's EPS norm, each normalised so that w is their relative weight whatever their
+    scales (the EPS gradient is orders of magnitude larger than the gradient through the
+    purifier).
     """
     _check(x, y, norm, eps, step, iterations)
     generator = as_generator(generator, x.device)
@@ -121,10 +123,9 @@ def pgd_eot(
     for _ in tqdm(range(iterations), desc=f"PGD-EOT {norm}", disable=not progress, leave=False):
         grad, _ = eot_gradient(model, x + delta, y, eot)
         if selector is not None:
-            eps_norm, scale = selector
             xg = (x + delta).detach().requires_grad_(True)
-            (g_eps,) = torch.autograd.grad(eps_norm(xg, generator).sum() / scale, xg)
-            grad = grad - selector_weight * g_eps
+            (g_eps,) = torch.autograd.grad(selector(xg, generator).sum(), xg)
+            grad = grad / per_sample_l2(grad) - selector_weight * g_eps / per_sample_l2(g_eps)
         if norm == "Linf":
             delta = delta + step * grad.sign()
         else:
@@ -154,6 +155,4 @@ def _selector(model: nn.Module):
     eps_norm = getattr(policy, "eps_norm", None)
     if eps_norm is None:
         raise ValueError("the selector-aware attack needs a purifier with an SSNI noise policy")
-    stats = getattr(policy, "stats", None)
-    scale = max(stats.std, 1e-12) if stats is not None else 1.0
-    return eps_norm, scale
+    return eps_norm
