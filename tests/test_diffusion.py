@@ -141,9 +141,14 @@ def test_rows_through_network_equal_sum_of_steps(counted):
     expected = sum(min(steps, t) for t in levels.tolist())
     assert counted.eps_net.rows == expected == 0 + 3 + 10 + 10 + 10 + 7
     assert counted.eps_net.calls == 10
-    # no repeated index per sample: each label appears at most once per row position
-    for labels in counted.eps_net.labels:
-        assert (labels >= 0).all()
+    # the labels each sample received are strictly decreasing: no index is visited twice
+    seen = [[] for _ in range(6)]
+    running = [[i for i, t in enumerate(levels.tolist()) if min(steps, t) > j] for j in range(10)]
+    for rows, labels in zip(running, counted.eps_net.labels):
+        for i, label in zip(rows, labels.tolist()):
+            seen[i].append(label)
+    assert all(a > b for row in seen for a, b in zip(row, row[1:]))
+    assert [len(row) for row in seen] == [0, 3, 10, 10, 10, 7]
 
 
 def test_from_diffusers_wraps_a_unet_instance_and_folder(tmp_path):
