@@ -1,10 +1,30 @@
 """Diffusion math: the schedule, the model wrapper and the reverse sampler."""
 
-from .model import DiffusionModel, continuous_time_label, ddpm_time_label
-from .sampler import reverse_step, sample, timestep_table
+from .model import (
+    CONVENTIONS,
+    DiffusionModel,
+    continuous_time_label,
+    ddpm_time_label,
+    level_time_label,
+)
+from .sampler import (
+    SAMPLERS,
+    level_table,
+    reverse_step,
+    run_chain,
+    sample,
+    sde_step,
+    timestep_table,
+)
 from .schedule import VPSchedule
 
 __all__ = [
+    "CONVENTIONS",
+    "SAMPLERS",
+    "level_table",
+    "level_time_label",
+    "run_chain",
+    "sde_step",
     "DiffusionModel",
     "VPSchedule",
     "continuous_time_label",

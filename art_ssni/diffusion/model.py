@@ -33,6 +33,46 @@ def continuous_time_label(num_steps: int = 1000) -> TimeLabel:
     return label
 
 
+def level_time_label(t: torch.Tensor) -> torch.Tensor:
+    """Level t -> the label t itself (DiffPure's SDE path feeds guided-diffusion 1000 s)."""
+    return t.float()
+
+
+CONVENTIONS = ("as-trained", "lee-kim", "diffpure-sde")
+"""How a network is queried at level t: which abar and which time label (DESIGN section 9).
+
+- "as-trained": as the network was trained. score_sde: continuous VP abar, label 999 t/N
+  (score_sde's get_score_fn, EPS-AD); DDPM-family (guided-diffusion, diffusers): discrete
+  abar, label t - 1 (guided-diffusion's p_sample).
+- "lee-kim": Lee & Kim's DDPM re-implementation: discrete abar and label t - 1 for every
+  network, score_sde included.
+- "diffpure-sde": DiffPure's SDE path: continuous VP abar for every network; score_sde gets
+  999 t/N, DDPM-family networks get the label t.
+"""
+
+
+def _convention(
+    trained_on: str, name: str = "as-trained", schedule: VPSchedule | None = None
+) -> tuple[VPSchedule, TimeLabel]:
+    """The (schedule, time label) of convention ``name`` for a network trained on
+    ``trained_on`` = "continuous" (score_sde VP) or "discrete" (DDPM linear); ``schedule``
+    gives the betas (the defaults otherwise)."""
+    if name not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {name!r}")
+    if trained_on not in ("continuous", "discrete"):
+        raise ValueError(f"trained_on must be 'continuous' or 'discrete', got {trained_on!r}")
+    base = schedule or VPSchedule()
+    betas = (base.beta_start, base.beta_end, base.num_steps)
+    continuous = name == "diffpure-sde" or (name == "as-trained" and trained_on == "continuous")
+    if trained_on == "continuous" and name != "lee-kim":
+        label = continuous_time_label(base.num_steps)
+    elif trained_on == "discrete" and name == "diffpure-sde":
+        label = level_time_label
+    else:
+        label = ddpm_time_label
+    return VPSchedule(*betas, continuous=continuous), label
+
+
 class DiffusionModel(nn.Module):
     """Wraps any ``eps_net(x_t, label)`` with x_t in [-1, 1] (B, C, H, W).
 
@@ -119,22 +159,25 @@ class DiffusionModel(nn.Module):
         path: str | os.PathLike,
         *,
         use_ema: bool = True,
+        convention: str = "as-trained",
         map_location: str | torch.device = "cpu",
         **config,
     ) -> DiffusionModel:
         """score_sde DDPM++ (continuous VP) from a ``checkpoint_8.pth``-layout file.
 
-        The EMA weights are used by default, as DiffPure and SSNI do; the network gets the
-        label 999 * t/N and the schedule is the VP-SDE marginal (beta 0.1..20).
+        The EMA weights are used by default, as DiffPure and SSNI do. ``convention`` (see
+        :data:`CONVENTIONS`): "as-trained" (default) gives the network the label 999 t/N on
+        the VP-SDE marginal (beta 0.1..20); "lee-kim" the label t - 1 on the discrete abar.
         """
         from .networks.ncsnpp import load_score_sde_checkpoint
 
+        schedule, label = _convention("continuous", convention)
         net = load_score_sde_checkpoint(path, use_ema=use_ema, map_location=map_location, **config)
         channels, size = config.get("in_channels", 3), net.image_size
         return cls(
             net,
-            VPSchedule(continuous=True),
-            time_label=continuous_time_label(1000),
+            schedule,
+            time_label=label,
             image_shape=(channels, size, size),
             name="score_sde-ddpmpp",
         )
@@ -145,6 +188,7 @@ class DiffusionModel(nn.Module):
         path: str | os.PathLike,
         *,
         dtype: torch.dtype | None = None,
+        convention: str = "as-trained",
         map_location: str | torch.device = "cpu",
         **config,
     ) -> DiffusionModel:
@@ -152,26 +196,38 @@ class DiffusionModel(nn.Module):
 
         Linear DDPM schedule with 1000 steps; the learned-variance channels are dropped by
         :meth:`eps`; ``dtype`` (float16 / bfloat16) runs the network body in reduced precision.
+        ``convention``: "as-trained" and "lee-kim" give the label t - 1 on the discrete abar,
+        "diffpure-sde" the label t on the VP-SDE marginal (DiffPure, EPS-AD on ImageNet).
         """
         from .networks.adm import load_guided_diffusion_checkpoint
 
+        schedule, label = _convention("discrete", convention)
         net = load_guided_diffusion_checkpoint(
             path, map_location=map_location, dtype=dtype, **config
         )
         channels, size = config.get("in_channels", 3), net.image_size
-        return cls(net, VPSchedule(), image_shape=(channels, size, size), name="guided-diffusion")
+        return cls(
+            net,
+            schedule,
+            time_label=label,
+            image_shape=(channels, size, size),
+            name="guided-diffusion",
+        )
 
     @classmethod
     def from_diffusers(
         cls,
         unet_or_path: nn.Module | str | os.PathLike,
         schedule: VPSchedule | None = None,
+        *,
+        convention: str = "as-trained",
         **kwargs,
     ) -> DiffusionModel:
         """Wrap a diffusers ``UNet2DModel`` (an instance, a local folder or, online, a hub id).
 
         A pipeline folder (``unet/`` and ``scheduler/``) is accepted; the linear DDPM schedule
-        is read from its scheduler config when no schedule is given.
+        is read from its scheduler config when no schedule is given. ``convention`` as for
+        :meth:`from_guided_diffusion` (a DDPM-trained network).
         """
         from .._compat import import_torchvision
 
@@ -186,6 +242,9 @@ class DiffusionModel(nn.Module):
         size = config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         kwargs.setdefault("image_shape", (config.in_channels, *size))
+        if convention != "as-trained" or schedule is None:
+            schedule, label = _convention("discrete", convention, schedule)
+            kwargs.setdefault("time_label", label)
         return cls(unet.eval(), schedule, **kwargs)
 
 

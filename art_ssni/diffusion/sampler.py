@@ -1,8 +1,20 @@
-"""Reverse sampling over per-sample timestep tables.
+"""Reverse samplers over per-sample level tables: short functions over a model callable.
 
 Every sample starts exactly at its own level t_i and takes K_i = min(K, t_i) strided steps to
 0. One batched network call serves all samples still running at a step, so the rows sent
 through the network total sum_i K_i: no call is spent on a repeated or finished index.
+
+Two step rules share one driver (:func:`run_chain`):
+- :func:`reverse_step`, the DDIM-form update (eta = 1 is DDPM ancestral sampling, eta = 0 is
+  DDIM) on integer levels;
+- :func:`sde_step`, one Euler-Maruyama step of the reverse VP-SDE (DiffPure's solver) on
+  continuous levels.
+
+Hooks (general mechanisms any method can use): ``denoised`` corrects x0_hat inside a step
+(``clip_denoised`` is the clamp to [-1, 1]), after which eps is re-derived from the corrected
+x0_hat so that the update is the posterior mean of q(x_s | x_t, x0_hat); ``guide`` shifts the
+step's mean. Random draws a step needs are made by the driver before the step runs, so a step
+is a pure function of its inputs and can be recomputed in the backward pass.
 """
 
 from __future__ import annotations
@@ -15,7 +27,27 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from .._rng import randn
 from .model import DiffusionModel
 
-Guide = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Guide = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
+]
+"""``guide(x_t, t, var, rows, noise)`` -> mean shift; ``noise`` is a standard normal draw of
+x_t's shape made for the guide, ``rows`` the batch indices of these samples."""
+Denoised = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``denoised(x0_hat, t, rows)`` -> corrected x0_hat (for example a clamp or a projection)."""
+Step = Callable[..., torch.Tensor]
+
+SAMPLERS = ("ddpm", "ddim", "sde")
+
+
+def _check_levels(levels: torch.Tensor, steps: int) -> torch.Tensor:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if levels.dim() != 1:
+        raise ValueError(f"levels must be a 1-D LongTensor, got shape {tuple(levels.shape)}")
+    levels = levels.long()
+    if levels.numel() and int(levels.min()) < 0:
+        raise ValueError(f"levels must be >= 0, got {int(levels.min())}")
+    return levels
 
 
 def timestep_table(levels: torch.Tensor, steps: int) -> torch.Tensor:
@@ -24,13 +56,7 @@ def timestep_table(levels: torch.Tensor, steps: int) -> torch.Tensor:
     tau_j = round(t_i (K_i - j) / K_i) (half up), so the stride is t_i / K_i >= 1 and the
     indices are distinct.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    levels = levels.long()
-    if levels.dim() != 1:
-        raise ValueError(f"levels must be a 1-D LongTensor, got shape {tuple(levels.shape)}")
-    if levels.numel() and int(levels.min()) < 0:
-        raise ValueError(f"levels must be >= 0, got {int(levels.min())}")
+    levels = _check_levels(levels, steps)
     k = levels.clamp(max=steps)
     width = int(k.max()) if k.numel() else 0
     j = torch.arange(width + 1, device=levels.device)
@@ -39,44 +65,149 @@ def timestep_table(levels: torch.Tensor, steps: int) -> torch.Tensor:
     return (2 * levels[:, None] * remaining + denom) // (2 * denom)
 
 
+def level_table(levels: torch.Tensor, steps: int) -> torch.Tensor:
+    """Like :func:`timestep_table` but exact: tau_j = t_i (K_i - j) / K_i as float64 levels.
+
+    The continuous-time solver steps on this uniform grid (stride t_i / K_i level units).
+    """
+    levels = _check_levels(levels, steps)
+    k = levels.clamp(max=steps)
+    width = int(k.max()) if k.numel() else 0
+    j = torch.arange(width + 1, device=levels.device)
+    remaining = (k[:, None] - j[None, :]).clamp(min=0).double()
+    return levels[:, None].double() * remaining / k.clamp(min=1)[:, None].double()
+
+
+def ddim_mean(
+    model: DiffusionModel,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    s: torch.Tensor,
+    *,
+    eta: float = 1.0,
+    clip_denoised: bool = False,
+    denoised: Denoised | None = None,
+    guide: Guide | None = None,
+    guide_noise: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The deterministic part of :func:`reverse_step`: its mean and its noise scale c1."""
+    shape = (-1, 1, 1, 1)
+    abar_t = model.schedule.abar(t, x_t.dtype).view(shape)
+    abar_s = model.schedule.abar(s, x_t.dtype).view(shape)
+    if rows is None:
+        rows = torch.arange(x_t.shape[0], device=x_t.device)
+    eps = model.eps(x_t, t)
+    x0 = (x_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
+    if denoised is not None or clip_denoised:
+        if denoised is not None:
+            x0 = denoised(x0, t, rows)
+        if clip_denoised:
+            x0 = x0.clamp(-1, 1)
+        eps = (x_t - abar_t.sqrt() * x0) / (1 - abar_t).sqrt()
+    c1 = eta * ((1 - abar_t / abar_s) * (1 - abar_s) / (1 - abar_t)).clamp(min=0).sqrt()
+    c2 = (1 - abar_s - c1**2).clamp(min=0).sqrt()
+    mean = abar_s.sqrt() * x0 + c2 * eps
+    if guide is not None:
+        if guide_noise is None:
+            raise ValueError("a guided step needs guide_noise (drawn by the sampler)")
+        mean = mean + guide(x_t, t, c1**2, rows, guide_noise)
+    return mean, c1
+
+
 def reverse_step(
     model: DiffusionModel,
     x_t: torch.Tensor,
     t: torch.Tensor,
     s: torch.Tensor,
     noise: torch.Tensor,
-    *,
-    eta: float = 1.0,
-    clip_denoised: bool = False,
-    guide: Guide | None = None,
-    rows: torch.Tensor | None = None,
-    checkpoint: bool = False,
+    **hooks,
 ) -> torch.Tensor:
     """One DDIM-form step from level t to level s < t (eta = 1 is DDPM ancestral sampling).
 
-    x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t);
+    x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), corrected by ``denoised`` and clamped to
+    [-1, 1] with ``clip_denoised``; a corrected x0 re-derives eps = (x_t - sqrt(abar_t) x0) /
+    sqrt(1 - abar_t) (guided-diffusion's p_sample and ddim_sample, official GDMP), so with
+    eta = 1 the mean is exactly the posterior mean of q(x_s | x_t, x0).
     c1 = eta sqrt((1 - abar_t/abar_s)(1 - abar_s)/(1 - abar_t)); c2 = sqrt(1 - abar_s - c1^2);
-    x_s = sqrt(abar_s) x0 + c2 eps + c1 z. ``guide(x_t, t, c1^2, rows)`` may shift the
-    mean; ``rows`` are the batch indices of these samples.
+    x_s = sqrt(abar_s) x0 + c2 eps + guide + c1 z. ``hooks`` are :func:`ddim_mean`'s keywords.
     """
-    shape = (-1, 1, 1, 1)
-    abar_t = model.schedule.abar(t, x_t.dtype).view(shape)
-    abar_s = model.schedule.abar(s, x_t.dtype).view(shape)
-    if checkpoint and torch.is_grad_enabled():
-        eps = _checkpoint(model.eps, x_t, t, use_reentrant=False)
-    else:
-        eps = model.eps(x_t, t)
-    x0 = (x_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
-    if clip_denoised:
-        x0 = x0.clamp(-1, 1)
-    c1 = eta * ((1 - abar_t / abar_s) * (1 - abar_s) / (1 - abar_t)).clamp(min=0).sqrt()
-    c2 = (1 - abar_s - c1**2).clamp(min=0).sqrt()
-    mean = abar_s.sqrt() * x0 + c2 * eps
-    if guide is not None:
-        if rows is None:
-            rows = torch.arange(x_t.shape[0], device=x_t.device)
-        mean = mean + guide(x_t, t, c1**2, rows)
+    mean, c1 = ddim_mean(model, x_t, t, s, **hooks)
     return mean + c1 * noise
+
+
+def sde_mean(
+    model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The deterministic part of :func:`sde_step`: x + drift h, and the noise scale."""
+    schedule = model.schedule
+    shape = (-1, 1, 1, 1)
+    u = schedule.time(t)
+    beta = schedule.sde_beta(u).to(x.dtype).view(shape)
+    sigma = (1 - schedule.sde_abar(u)).sqrt().to(x.dtype).view(shape)
+    h = ((t - s) / schedule.num_steps).to(x.dtype).view(shape)
+    score = -model.eps(x, t.to(x.dtype)) / sigma
+    return x + (0.5 * beta * x + beta * score) * h, (beta * h).sqrt()
+
+
+def sde_step(
+    model: DiffusionModel,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    s: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """One Euler-Maruyama step of the reverse VP-SDE from continuous level t to s < t.
+
+    With u = level / N, beta(u) = beta_min + (beta_max - beta_min) u and h = (t - s) / N:
+    x_s = x + (beta(u) x / 2 + beta(u) score(x, u)) h + sqrt(beta(u) h) z, where
+    score = -eps(x, t) / sqrt(1 - abar(u)) on the VP-SDE marginal (DiffPure, Song et al. 2021).
+    """
+    mean, scale = sde_mean(model, x, t, s)
+    return mean + scale * noise
+
+
+def run_chain(
+    step: Step,
+    x: torch.Tensor,
+    table: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    guide_noise: bool = False,
+    checkpoint: bool = False,
+) -> torch.Tensor:
+    """Drive ``step(x, t, s, guide_noise, rows) -> (mean, scale)`` along a level table;
+    each step's new state is mean + scale z.
+
+    Step j draws one standard normal z of the whole batch's shape from ``generator`` (and a
+    second one for a guide), whatever rows are still running, so results depend only on the
+    seed. With ``checkpoint=True`` (and grad enabled) the deterministic part of every step is
+    recomputed in the backward pass: a step keeps only its input x_t (and a guide's draw),
+    so the memory of an exact gradient does not grow with the number of steps.
+    """
+    for j in range(table.shape[1] - 1):
+        t, s = table[:, j], table[:, j + 1]
+        noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        aux = (
+            randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            if guide_noise
+            else None
+        )
+        running = t > 0
+        everyone = bool(running.all())
+        rows = torch.arange(x.shape[0], device=x.device) if everyone else running.nonzero()[:, 0]
+        if not everyone:
+            x_in, t, s, noise = x[rows], t[rows], s[rows], noise[rows]
+            aux = aux[rows] if aux is not None else None
+        else:
+            x_in = x
+        if checkpoint and torch.is_grad_enabled():
+            mean, scale = _checkpoint(step, x_in, t, s, aux, rows, use_reentrant=False)
+        else:
+            mean, scale = step(x_in, t, s, aux, rows)
+        update = mean + scale * noise
+        x = update if everyone else x.index_copy(0, rows, update)
+    return x
 
 
 def sample(
@@ -85,50 +216,54 @@ def sample(
     levels: torch.Tensor,
     steps: int,
     *,
-    eta: float = 1.0,
+    sampler: str = "ddpm",
+    eta: float | None = None,
     generator: torch.Generator | None = None,
     clip_denoised: bool = False,
+    denoised: Denoised | None = None,
     guide: Guide | None = None,
     checkpoint: bool = False,
 ) -> torch.Tensor:
     """Run each x_t[i] from its level ``levels[i]`` back to 0 in K_i = min(steps, t_i) steps.
 
-    Step j draws one standard normal tensor of the whole batch's shape from ``generator``
-    (rows of finished samples are unused), so results depend only on the seed. With
-    ``checkpoint=True`` each network call is recomputed in the backward pass, so the memory of
-    an exact gradient does not grow with the number of steps.
+    ``sampler`` is "ddpm" (eta = 1 unless given), "ddim" (eta = 0 unless given) or "sde"
+    (reverse VP-SDE, Euler-Maruyama, on the exact grid t_i (K_i - j) / K_i; it takes no eta,
+    x0 hook or guide). See :func:`run_chain` for draws and ``checkpoint``.
     """
-    table = timestep_table(levels.to(x_t.device), steps)
-    x = x_t
-    for j in range(table.shape[1] - 1):
-        t, s = table[:, j], table[:, j + 1]
-        noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        running = t > 0
-        if bool(running.all()):
-            x = reverse_step(
-                model,
-                x,
-                t,
-                s,
-                noise,
-                eta=eta,
-                clip_denoised=clip_denoised,
-                guide=guide,
-                checkpoint=checkpoint,
-            )
-            continue
-        rows = running.nonzero().squeeze(1)
-        update = reverse_step(
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    levels = levels.to(x_t.device)
+    if sampler == "sde":
+        if eta is not None or clip_denoised or denoised is not None or guide is not None:
+            raise ValueError("the 'sde' sampler takes no eta, clip_denoised, denoised or guide")
+
+        def sde(x, t, s, _aux, _rows):
+            return sde_mean(model, x, t, s)
+
+        return run_chain(
+            sde, x_t, level_table(levels, steps), generator=generator, checkpoint=checkpoint
+        )
+    eta = (1.0 if sampler == "ddpm" else 0.0) if eta is None else float(eta)
+
+    def ddim(x, t, s, aux, rows):
+        return ddim_mean(
             model,
-            x[rows],
-            t[rows],
-            s[rows],
-            noise[rows],
+            x,
+            t,
+            s,
             eta=eta,
             clip_denoised=clip_denoised,
+            denoised=denoised,
             guide=guide,
+            guide_noise=aux,
             rows=rows,
-            checkpoint=checkpoint,
         )
-        x = x.index_copy(0, rows, update)
-    return x
+
+    return run_chain(
+        ddim,
+        x_t,
+        timestep_table(levels, steps),
+        generator=generator,
+        guide_noise=guide is not None,
+        checkpoint=checkpoint,
+    )

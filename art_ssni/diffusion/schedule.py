@@ -36,9 +36,7 @@ class VPSchedule:
         self.num_steps = int(num_steps)
         self.continuous = bool(continuous)
         if continuous:
-            s = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
-            b0, b1 = num_steps * beta_start, num_steps * beta_end
-            abar = torch.exp(-(b0 * s + 0.5 * (b1 - b0) * s**2))
+            abar = self.sde_abar(torch.arange(num_steps + 1, dtype=torch.float64) / num_steps)
         else:
             betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
             abar = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
@@ -64,8 +62,31 @@ class VPSchedule:
         return self._cache[key][t.long()]
 
     def time(self, t: torch.Tensor) -> torch.Tensor:
-        """Continuous VP time s = t / N of integer levels."""
+        """Continuous VP time s = t / N of (integer or continuous) levels, as float64."""
         return t.double() / self.num_steps
+
+    @property
+    def beta_min(self) -> float:
+        """The VP-SDE's beta(0) = N beta_start (0.1 for the defaults)."""
+        return self.num_steps * self.beta_start
+
+    @property
+    def beta_max(self) -> float:
+        """The VP-SDE's beta(1) = N beta_end (20 for the defaults)."""
+        return self.num_steps * self.beta_end
+
+    def sde_beta(self, s: torch.Tensor) -> torch.Tensor:
+        """beta(s) = beta_min + (beta_max - beta_min) s of the VP-SDE (Song et al. 2021)."""
+        return self.beta_min + (self.beta_max - self.beta_min) * s.double()
+
+    def sde_abar(self, s: torch.Tensor) -> torch.Tensor:
+        """The VP-SDE marginal abar(s) = exp(-(beta_min s + (beta_max - beta_min) s^2 / 2)).
+
+        Defined for any continuous time s in [0, 1], whichever table this schedule keeps;
+        DiffPure's SDE solver uses it for every network (score_sde and guided-diffusion).
+        """
+        s = s.double()
+        return torch.exp(-(self.beta_min * s + 0.5 * (self.beta_max - self.beta_min) * s**2))
 
     def level(self, s: float | torch.Tensor) -> torch.Tensor:
         """Nearest integer level of a continuous time s in [0, 1] (0.1 -> 100 for N = 1000)."""

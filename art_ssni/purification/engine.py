@@ -24,7 +24,7 @@ from torch import nn
 
 from .._rng import SeedLike, as_generator, randn
 from ..diffusion.model import DiffusionModel
-from ..diffusion.sampler import Guide, sample
+from ..diffusion.sampler import SAMPLERS, Guide, sample
 from ..noise.fixed import FixedNoise
 from ..validation import check_images
 
@@ -55,14 +55,19 @@ class Purifier(nn.Module):
         surrogate_stages: Sequence[Sequence[int]],
         noise: NoisePolicy | None = None,
         gradient: str = "full",
-        eta: float = 1.0,
+        sampler: str = "ddpm",
+        eta: float | None = None,
         clip_denoised: bool = False,
         generator: SeedLike = None,
     ) -> None:
         super().__init__()
         if gradient not in GRADIENT_MODES:
             raise ValueError(f"gradient must be one of {GRADIENT_MODES}, got {gradient!r}")
-        if not 0.0 <= eta <= 1.0:
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if sampler == "sde" and (eta is not None or clip_denoised):
+            raise ValueError("the 'sde' sampler takes neither eta nor clip_denoised")
+        if eta is not None and not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must lie in [0, 1], got {eta}")
         if not 1 <= t_star <= diffusion.schedule.num_steps:
             raise ValueError(
@@ -79,7 +84,10 @@ class Purifier(nn.Module):
                 )
         self.noise = noise if noise is not None else FixedNoise(self.t_star)
         self.gradient = gradient
-        self.eta = float(eta)
+        self.sampler = sampler
+        self.eta = (
+            None if sampler == "sde" else float(eta if eta is not None else sampler == "ddpm")
+        )
         self.clip_denoised = bool(clip_denoised)
         self.generator = as_generator(generator)
 
@@ -87,7 +95,7 @@ class Purifier(nn.Module):
         return (
             f"t_star={self.t_star}, stages={self.stages}, surrogate_stages="
             f"{self.surrogate_stages}, noise={self.noise!r}, gradient={self.gradient!r}, "
-            f"eta={self.eta:g}"
+            f"sampler={self.sampler!r}, eta={self.eta}"
         )
 
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,11 +150,15 @@ class Purifier(nn.Module):
         *,
         checkpoint: bool = False,
     ) -> torch.Tensor:
-        """The defence itself: run ``stages`` at the given per-sample levels, no mode logic."""
+        """The defence itself: run ``stages`` at the given per-sample levels, no mode logic.
+
+        The state passes from stage to stage unclamped, as in Lee & Kim's re-implementation and
+        official GDMP; only the image handed back is clamped to [0, 1] (the API contract).
+        """
         out = 2 * x.to(self.diffusion.dtype) - 1
         for (_, steps), stage_levels in zip(stages, self.stage_levels(levels, stages)):
             out = self.run_stage(out, stage_levels, steps, generator, checkpoint=checkpoint)
-        return ((out + 1) / 2).to(x.dtype)
+        return ((out + 1) / 2).clamp(0, 1).to(x.dtype)
 
     def run_stage(
         self,
@@ -157,24 +169,29 @@ class Purifier(nn.Module):
         *,
         checkpoint: bool = False,
     ) -> torch.Tensor:
-        """Noise x in [-1, 1] to each sample's level and denoise it back; output in [-1, 1]."""
+        """Noise x (the [-1, 1] scale, unclamped) to each sample's level and denoise it back."""
         noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x_t = self.diffusion.q_sample(x, levels, noise)
+        hooks = {} if self.sampler == "sde" else {"eta": self.eta}
+        if self.clip_denoised:
+            hooks["clip_denoised"] = True
+        guide = self.guide(x)
+        if guide is not None:
+            hooks["guide"] = guide
         x0 = sample(
             self.diffusion,
             x_t,
             levels,
             steps,
-            eta=self.eta,
+            sampler=self.sampler,
             generator=generator,
-            clip_denoised=self.clip_denoised,
-            guide=self.guide(x, generator),
             checkpoint=checkpoint,
+            **hooks,
         )
-        return torch.where((levels > 0).view(-1, 1, 1, 1), x0, x).clamp(-1, 1)
+        return torch.where((levels > 0).view(-1, 1, 1, 1), x0, x)
 
-    def guide(self, x: torch.Tensor, generator: torch.Generator | None) -> Guide | None:
-        """Guidance toward the stage input (none here; GDMP overrides)."""
+    def guide(self, x: torch.Tensor) -> Guide | None:
+        """Guidance toward the stage input x (none here; GDMP overrides)."""
         return None
 
     def _generator(self, generator: SeedLike) -> torch.Generator | None:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .._rng import SeedLike, randn
+from .._rng import SeedLike
 from ..diffusion.model import DiffusionModel
 from ..diffusion.sampler import Guide
 from .engine import NoisePolicy, Purifier
@@ -32,7 +32,8 @@ class DiffPure(Purifier):
         gradient: str = "full",
         surrogate_steps: int = 20,
         surrogate_t_star: int | None = None,
-        eta: float = 1.0,
+        sampler: str = "ddpm",
+        eta: float | None = None,
         clip_denoised: bool = False,
         generator: SeedLike = None,
     ) -> None:
@@ -43,6 +44,7 @@ class DiffPure(Purifier):
             surrogate_stages=[(surrogate_t_star or t_star, surrogate_steps)],
             noise=noise,
             gradient=gradient,
+            sampler=sampler,
             eta=eta,
             clip_denoised=clip_denoised,
             generator=generator,
@@ -54,9 +56,10 @@ class GDMP(Purifier):
 
     Defaults are the CIFAR-10 PGD setting: 4 runs of 36 steps from t* = 36 without guidance
     (the strongest public evaluation uses none); the BPDA setting is runs=2, t_star=steps=50.
-    With guidance ``"mse"`` or ``"ssim"`` each reverse step's mean moves by
-    -scale * var_t * grad_x D(x_t, y_t), where y_t is the run's input noised to the same level
-    and var_t the step's posterior variance. Under SSNI every run uses the sample's level.
+    With guidance ``"mse"`` or ``"ssim"`` each reverse step's mean moves toward the run's input
+    noised to the step's level (see :meth:`guide`). x0_hat is clamped to [-1, 1] inside each
+    step (``clip_denoised``, official GDMP) unless the sampler is "sde". Under SSNI every run
+    uses the sample's level.
     """
 
     def __init__(
@@ -71,8 +74,9 @@ class GDMP(Purifier):
         surrogate_steps: int = 6,
         guidance: str = "none",
         guidance_scale: float = 1000.0,
-        eta: float = 1.0,
-        clip_denoised: bool = True,
+        sampler: str = "ddpm",
+        eta: float | None = None,
+        clip_denoised: bool | None = None,
         generator: SeedLike = None,
     ) -> None:
         if runs < 1:
@@ -81,8 +85,12 @@ class GDMP(Purifier):
             raise ValueError(
                 f"guidance must be 'none' or one of {sorted(GUIDANCE_DISTANCES)}, got {guidance!r}"
             )
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        if not guidance_scale >= 0 or guidance_scale == float("inf"):
+            raise ValueError(f"guidance_scale must be finite and >= 0, got {guidance_scale}")
+        if guidance != "none" and sampler == "sde":
+            raise ValueError("GDMP guidance needs a DDIM-form sampler ('ddpm' or 'ddim')")
+        if clip_denoised is None:
+            clip_denoised = sampler != "sde"
         super().__init__(
             diffusion,
             t_star=t_star,
@@ -90,6 +98,7 @@ class GDMP(Purifier):
             surrogate_stages=[(t_star, surrogate_steps)] * runs,
             noise=noise,
             gradient=gradient,
+            sampler=sampler,
             eta=eta,
             clip_denoised=clip_denoised,
             generator=generator,
@@ -98,15 +107,25 @@ class GDMP(Purifier):
         self.guidance = guidance
         self.guidance_scale = float(guidance_scale)
 
-    def guide(self, x: torch.Tensor, generator: torch.Generator | None) -> Guide | None:
+    def guide(self, x: torch.Tensor) -> Guide | None:
+        """GDMP's guided mean: mu - a sqrt(1 - abar_t) / sqrt(abar_t) var_t grad D(x_t, y_t).
+
+        y_t is the run's input x noised to level t with the step's guide draw; D is the mean
+        squared error or 1 - SSIM of *each sample* (official GDMP averages the MSE over the
+        batch, so one sample's guidance depends on its batch-mates: not copied). The scale
+        sqrt(1 - abar_t) / (m sqrt(abar_t)) is official GDMP's, with a = ``guidance_scale``
+        = 1/m.
+        """
         if self.guidance == "none" or self.guidance_scale == 0:
             return None
-        target = x.detach() if not torch.is_grad_enabled() else x
+        target = x if torch.is_grad_enabled() else x.detach()
+        diffusion = self.diffusion
 
-        def shift(x_t: torch.Tensor, t: torch.Tensor, var: torch.Tensor, rows: torch.Tensor):
-            noise = randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-            y_t = self.diffusion.q_sample(target[rows], t, noise)
-            return -self.guidance_scale * var * distance_gradient(self.guidance, x_t, y_t)
+        def shift(x_t, t, var, rows, noise):
+            y_t = diffusion.q_sample(target[rows], t, noise)
+            abar = diffusion.schedule.abar(t, x_t.dtype).view(-1, 1, 1, 1)
+            scale = self.guidance_scale * ((1 - abar) / abar).sqrt()
+            return -scale * var * distance_gradient(self.guidance, x_t, y_t)
 
         return shift
 
@@ -136,7 +155,8 @@ class GNS(Purifier):
         t_star: int | None = None,
         gradient: str = "full",
         votes: int = 10,
-        eta: float = 1.0,
+        sampler: str = "ddpm",
+        eta: float | None = None,
         clip_denoised: bool = False,
         generator: SeedLike = None,
     ) -> None:
@@ -150,6 +170,7 @@ class GNS(Purifier):
             surrogate_stages=surrogate_stages,
             noise=noise,
             gradient=gradient,
+            sampler=sampler,
             eta=eta,
             clip_denoised=clip_denoised,
             generator=generator,
