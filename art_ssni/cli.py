@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from .diffusion.model import DiffusionModel
+from .diffusion.model import CONVENTIONS, DiffusionModel, time_convention
+from .diffusion.sampler import SAMPLERS
 from .evaluation.runner import ATTACKS, Evaluation, Row, barrier
 from .models.defended import DefendedClassifier
 from .noise import EPSNorm, ReferenceStats, SSNILinear, SSNISigmoid
@@ -122,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--classifier-checkpoint", help="classifier checkpoint file")
         p.add_argument("--data-dir", help="data set location (CIFAR-10 / ImageNet presets)")
         p.add_argument("--stats", help="reference statistics file (safetensors)")
+        p.add_argument("--sampler", choices=SAMPLERS, help="reverse sampler (default ddpm)")
+        p.add_argument(
+            "--convention", choices=CONVENTIONS, help="how the diffusion model is queried"
+        )
         p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -201,7 +206,10 @@ def embedded_setup(args: argparse.Namespace, split: str = "test") -> Setup:
     from .data.digits import load_digits
     from .models.zoo import load_embedded_classifier, load_embedded_eps_net
 
-    diffusion = DiffusionModel(load_embedded_eps_net(), image_shape=(1, 8, 8), name="digits")
+    schedule, label = time_convention("discrete", args.convention or "as-trained")
+    diffusion = DiffusionModel(
+        load_embedded_eps_net(), schedule, time_label=label, image_shape=(1, 8, 8), name="digits"
+    )
     x, y = load_digits(split)
     stats = None
     path = Path(args.stats) if getattr(args, "stats", None) else _zoo_stats_path()
@@ -260,7 +268,7 @@ def preset_setup(args: argparse.Namespace, split: str = "test") -> Setup:
     )
     return Setup(
         preset.dataset,
-        load_preset_diffusion(preset, args.diffusion_checkpoint),
+        load_preset_diffusion(preset, args.diffusion_checkpoint, args.convention),
         classifier,
         x,
         y,
@@ -301,6 +309,8 @@ def _settings(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
         "draws",
         "batch_size",
         "selector_weight",
+        "sampler",
+        "convention",
     ):
         value = getattr(args, name, None)
         if value is not None:
@@ -349,6 +359,8 @@ def build_rows(args: argparse.Namespace, setup: Setup, settings: dict[str, Any])
                 steps=settings["steps"],
                 surrogate_steps=settings["surrogate_steps"],
             )
+        if settings.get("sampler"):
+            kwargs["sampler"] = settings["sampler"]
         purifier = method(diffusion, noise=policy, gradient=settings["gradient"], **kwargs)
         model = DefendedClassifier(
             purifier, classifier, setup.mean, setup.std, purify_size=setup.purify_size
@@ -356,6 +368,8 @@ def build_rows(args: argparse.Namespace, setup: Setup, settings: dict[str, Any])
         name = (
             f"{label} (t*={purifier.t_star})" if noise == "fixed" else f"{label} + {noise.upper()}"
         )
+        if purifier.sampler != "ddpm":
+            name += f" [{purifier.sampler.upper()}]"
         for attack_name in args.attack:
             if attack_name == "selector-aware" and policy is None:
                 continue

@@ -93,7 +93,11 @@ class SSNISettings:
 
 @dataclass(frozen=True)
 class Preset:
-    """One evaluation setting of the paper (a table): everything but the checkpoint paths."""
+    """One evaluation setting of the paper (a table): everything but the checkpoint paths.
+
+    ``convention`` is how the diffusion model is queried (``art_ssni.diffusion.CONVENTIONS``);
+    ``samplers`` lists the reverse samplers the table compares (one run each, ``--sampler``).
+    """
 
     name: str
     description: str
@@ -110,6 +114,8 @@ class Preset:
     methods: tuple[MethodSettings, ...]
     ssni: SSNISettings
     notes: tuple[str, ...] = field(default=())
+    convention: str = "as-trained"
+    samplers: tuple[str, ...] = ("ddpm",)
 
     @property
     def norm(self) -> str:
@@ -175,6 +181,10 @@ _CIFAR10_NOTES = (
     "GNS votes=10 is the published majority vote; the vote belongs to the classifier side.",
     "SSNI bias b=0 is our neutral default: the paper tunes b per method and DESIGN records no "
     "value. tau=20 and T'=20 are the paper's CIFAR-10 choices.",
+    "Convention as-trained: the score_sde model gets the label 999 t/N on the continuous VP "
+    "abar, as it was trained and as DiffPure's SDE path and EPS-AD query it. Lee & Kim's DDPM "
+    "re-implementation feeds it t-1 on the discrete abar (outputs differ by about 2e-2): "
+    "`--convention lee-kim` reproduces that.",
 )
 
 _PRESETS: dict[str, Preset] = {
@@ -225,6 +235,23 @@ _PRESETS: dict[str, Preset] = {
             + (
                 "GDMP uses its published BPDA setting, 2 runs of 50 steps from t=50.",
                 "BPDA differentiates the identity, so surrogate settings are unused.",
+            ),
+            **_CIFAR10_COMMON,
+        ),
+        Preset(
+            name="cifar10-sampler",
+            description="CIFAR-10, PGD+EOT, Linf 8/255: DiffPure t*=100 with DDPM, SDE, DDIM",
+            attack=AttackSettings(kind="pgd-eot", norm="Linf", epsilon=8 / 255),
+            methods=(_diffpure(100, 100),),
+            samplers=("ddpm", "sde", "ddim"),
+            notes=_CIFAR10_NOTES
+            + (
+                "The SSNI paper's sampler ablation (its Table 4): DiffPure at t*=100 with the "
+                "DDPM (ancestral), SDE (reverse VP-SDE, Euler-Maruyama, DiffPure's sdeint) and "
+                "DDIM (eta=0) reverse processes, 100 steps each. Run once per --sampler.",
+                "The paper drops the SDE sampler because its solver takes one time for the "
+                "whole batch; ours starts each sample at its own level, so the SDE row also "
+                "runs with SSNI.",
             ),
             **_CIFAR10_COMMON,
         ),
@@ -383,6 +410,8 @@ def preset_summary(preset: Preset | str) -> Mapping[str, Any]:
         "num_images": preset.num_images,
         "runs": preset.runs,
         "diffusion_checkpoint": preset.diffusion_checkpoint,
+        "convention": preset.convention,
+        "samplers": list(preset.samplers),
         "classifier": preset.classifier,
         "methods": {
             m.method: {"t_star": m.t_star, **{k: _plain(v) for k, v in m.purifier}}
@@ -403,9 +432,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def load_preset_diffusion(preset: Preset | str, path: str | os.PathLike | None) -> DiffusionModel:
-    """The preset's diffusion model from a local file (a folder loads as diffusers)."""
+def load_preset_diffusion(
+    preset: Preset | str, path: str | os.PathLike | None, convention: str | None = None
+) -> DiffusionModel:
+    """The preset's diffusion model from a local file (a folder loads as diffusers), queried
+    with ``convention`` (default: the preset's)."""
     preset = _resolve(preset)
+    convention = preset.convention if convention is None else convention
     if path is None:
         raise ValueError(
             f"preset {preset.name!r} needs --diffusion-checkpoint "
@@ -413,12 +446,12 @@ def load_preset_diffusion(preset: Preset | str, path: str | os.PathLike | None) 
         )
     path = Path(path)
     if path.is_dir():
-        return DiffusionModel.from_diffusers(path)
+        return DiffusionModel.from_diffusers(path, convention=convention)
     if not path.is_file():
         raise FileNotFoundError(f"diffusion checkpoint {path} does not exist")
     if preset.diffusion_checkpoint == "score_sde":
-        return DiffusionModel.from_score_sde(path)
-    return DiffusionModel.from_guided_diffusion(path)
+        return DiffusionModel.from_score_sde(path, convention=convention)
+    return DiffusionModel.from_guided_diffusion(path, convention=convention)
 
 
 def load_preset_classifier(preset: Preset | str, path: str | os.PathLike | None) -> torch.nn.Module:

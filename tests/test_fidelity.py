@@ -11,7 +11,7 @@ from torch import nn
 
 from art_ssni import GDMP, GNS, DiffPure, DiffusionModel
 from art_ssni.diffusion import VPSchedule, level_table, reverse_step, sample, sde_step
-from art_ssni.diffusion.model import _convention
+from art_ssni.diffusion.model import time_convention
 
 from tiny import RowCounter, TinyEpsNet
 
@@ -159,11 +159,11 @@ def test_conventions_pick_schedule_and_label():
         ("discrete", "diffpure-sde"): (True, t.float()),
     }
     for (trained, name), (continuous, label) in cases.items():
-        schedule, time_label = _convention(trained, name)
+        schedule, time_label = time_convention(trained, name)
         assert schedule.continuous is continuous, (trained, name)
         torch.testing.assert_close(time_label(t).float(), label.float())
     with pytest.raises(ValueError, match="convention"):
-        _convention("discrete", "nie")
+        time_convention("discrete", "nie")
 
 
 def test_loaders_apply_the_convention(monkeypatch):

@@ -45,7 +45,13 @@ def cifar_stats(cifar_diffusion) -> ReferenceStats:
 
 
 def test_list_and_unknown_preset():
-    assert list_presets() == ("cifar10-bpda", "cifar10-l2", "cifar10-linf", "imagenet-linf")
+    assert list_presets() == (
+        "cifar10-bpda",
+        "cifar10-l2",
+        "cifar10-linf",
+        "cifar10-sampler",
+        "imagenet-linf",
+    )
     with pytest.raises(ValueError, match=r"unknown preset 'cifar100'.*cifar10-linf"):
         get_preset("cifar100")
 
@@ -194,7 +200,13 @@ def test_cli_preset_setup_uses_the_method_settings(tmp_path, monkeypatch, cifar_
             tmp_path / "test" / cls / "0000.png"
         )
     (tmp_path / "ckpt.pth").write_bytes(b"x")
-    monkeypatch.setattr(DM, "from_score_sde", classmethod(lambda cls, path: cifar_diffusion))
+    conventions = []
+
+    def fake_score_sde(cls, path, convention="as-trained"):
+        conventions.append(convention)
+        return cifar_diffusion
+
+    monkeypatch.setattr(DM, "from_score_sde", classmethod(fake_score_sde))
     monkeypatch.setattr(
         "art_ssni.models.classifiers.load_cifar10_wideresnet", lambda path: torch.nn.Identity()
     )
@@ -207,8 +219,13 @@ def test_cli_preset_setup_uses_the_method_settings(tmp_path, monkeypatch, cifar_
         stats=None,
         seed=0,
         n_images=None,
+        convention=None,
     )
     setup = cli.preset_setup(args)
+    assert conventions == ["as-trained"]
+    args.convention = "lee-kim"
+    cli.preset_setup(args)
+    assert conventions[-1] == "lee-kim"
     assert setup.name == "cifar10" and setup.diffusion is cifar_diffusion
     assert setup.x.shape == (3, 3, 32, 32) and setup.y.tolist() == [3, 5, 8]
     d = setup.defaults
@@ -242,3 +259,34 @@ def test_imagenet_images_read_only_the_subset(tmp_path):
     assert x.shape == (2, 3, 256, 256) and set(y.tolist()) <= {0, 7, 999}
     x_all, y_all = load_preset_images("imagenet-linf", "train", tmp_path)
     assert x_all.shape == (3, 3, 256, 256) and y_all.tolist() == [0, 7, 999]
+
+
+def test_sampler_ablation_preset(cifar_diffusion):
+    p = get_preset("cifar10-sampler")
+    assert p.samplers == ("ddpm", "sde", "ddim") and p.convention == "as-trained"
+    assert [m.method for m in p.methods] == ["diffpure"]
+    assert p.method("diffpure").t_star == 100 and p.attack.epsilon == 8 / 255
+    for sampler in p.samplers:
+        purifier = build_purifier(p, "diffpure", cifar_diffusion, sampler=sampler)
+        assert purifier.sampler == sampler and purifier.stages == ((100, 100),)
+    assert build_purifier(p, "diffpure", cifar_diffusion, sampler="ddim").eta == 0.0
+    assert preset_summary(p)["samplers"] == ["ddpm", "sde", "ddim"]
+
+
+def test_cli_sampler_and_convention_reach_the_purifier():
+    from art_ssni import cli
+
+    args = cli.build_parser().parse_args(
+        ["evaluate", "--noise", "fixed", "--attack", "pgd-eot", "--sampler", "sde"]
+    )
+    setup = cli.load_setup(args)
+    rows = cli.build_rows(args, setup, cli._settings(args, setup))
+    defended = [row for row in rows if row.model.purifier is not None]
+    assert [row.model.purifier.sampler for row in defended] == ["sde"]
+    assert defended[0].method.endswith("[SDE]")
+    args = cli.build_parser().parse_args(["evaluate", "--convention", "diffpure-sde"])
+    setup = cli.load_setup(args)
+    assert setup.diffusion.schedule.continuous
+    with pytest.raises(ValueError, match="do not belong to this setup"):
+        # the shipped statistics belong to the as-trained convention
+        cli.build_rows(args, setup, cli._settings(args, setup))

@@ -6,6 +6,7 @@ from .model import (
     continuous_time_label,
     ddpm_time_label,
     level_time_label,
+    time_convention,
 )
 from .sampler import (
     SAMPLERS,
@@ -25,6 +26,7 @@ __all__ = [
     "level_time_label",
     "run_chain",
     "sde_step",
+    "time_convention",
     "DiffusionModel",
     "VPSchedule",
     "continuous_time_label",

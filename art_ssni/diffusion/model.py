@@ -51,7 +51,7 @@ CONVENTIONS = ("as-trained", "lee-kim", "diffpure-sde")
 """
 
 
-def _convention(
+def time_convention(
     trained_on: str, name: str = "as-trained", schedule: VPSchedule | None = None
 ) -> tuple[VPSchedule, TimeLabel]:
     """The (schedule, time label) of convention ``name`` for a network trained on
@@ -171,7 +171,7 @@ class DiffusionModel(nn.Module):
         """
         from .networks.ncsnpp import load_score_sde_checkpoint
 
-        schedule, label = _convention("continuous", convention)
+        schedule, label = time_convention("continuous", convention)
         net = load_score_sde_checkpoint(path, use_ema=use_ema, map_location=map_location, **config)
         channels, size = config.get("in_channels", 3), net.image_size
         return cls(
@@ -201,7 +201,7 @@ class DiffusionModel(nn.Module):
         """
         from .networks.adm import load_guided_diffusion_checkpoint
 
-        schedule, label = _convention("discrete", convention)
+        schedule, label = time_convention("discrete", convention)
         net = load_guided_diffusion_checkpoint(
             path, map_location=map_location, dtype=dtype, **config
         )
@@ -243,7 +243,7 @@ class DiffusionModel(nn.Module):
         size = (size, size) if isinstance(size, int) else tuple(size)
         kwargs.setdefault("image_shape", (config.in_channels, *size))
         if convention != "as-trained" or schedule is None:
-            schedule, label = _convention("discrete", convention, schedule)
+            schedule, label = time_convention("discrete", convention, schedule)
             kwargs.setdefault("time_label", label)
         return cls(unet.eval(), schedule, **kwargs)
 

@@ -9,8 +9,8 @@ K_i = min(K_s, t_i) steps, and t_i = 0 leaves the sample untouched.
 
 Gradient modes (DESIGN section 3), used only when a gradient is requested (grad enabled and
 the input requires grad); otherwise every call runs the real defence:
-- ``full``: exact gradient through every step; each network call is recomputed in the
-  backward pass (activation checkpointing), so memory does not grow with the steps.
+- ``full``: exact gradient through every step; each whole reverse step is recomputed in the
+  backward pass (activation checkpointing): a step keeps only its input x_t.
 - ``surrogate``: run and differentiate ``surrogate_stages`` (same levels, fewer steps).
 - ``bpda``: real defence forward, identity backward (Athalye et al. 2018).
 """
