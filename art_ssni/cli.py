@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .diffusion.model import DiffusionModel
-from .evaluation.runner import ATTACKS, Evaluation, Row, barrier
+from .evaluation.runner import ATTACKS, Evaluation, Row, barrier, check_clearable, clear_run_dir
 from .models.defended import DefendedClassifier
 from .noise import EPSNorm, ReferenceStats, SSNILinear, SSNISigmoid
 from .purification import GDMP, GNS, DiffPure
@@ -98,6 +98,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _finite(low: float | None = None, *, positive: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from err
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+        if positive and not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"expected a number >= {low:g}, got {text}")
+        return value
+
+    return parse
+
+
 def _choices(allowed: Sequence[str]):
     def parse(text: str) -> list[str]:
         items = [item.strip() for item in text.split(",") if item.strip()]
@@ -151,9 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--gradient", choices=("full", "surrogate", "bpda"))
     ev.add_argument("--t-star", type=_positive_int)
     ev.add_argument("--steps", type=_positive_int, help="reverse steps of the defence")
-    ev.add_argument("--tau", type=float, help="SSNI-N temperature")
-    ev.add_argument("--bias", type=float, help="SSNI bias b (steps)")
-    ev.add_argument("--selector-weight", type=float)
+    ev.add_argument("--tau", type=_finite(positive=True), help="SSNI-N temperature")
+    ev.add_argument("--bias", type=_finite(), help="SSNI bias b (steps)")
+    ev.add_argument("--selector-weight", type=_finite(positive=True))
     ev.add_argument("--no-baseline", action="store_true", help="skip the undefended row")
     ev.add_argument("--quick", action="store_true", help="smoke run: few images and steps")
     ev.add_argument("--out", default="runs/evaluate", help="output folder (resumable)")
@@ -179,6 +196,47 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--batch-size", type=_positive_int, default=256)
     st.add_argument("--out", required=True, help="statistics file to write (.safetensors)")
     return parser
+
+
+def check_device(name: str) -> torch.device:
+    """The requested device, or a ``CommandError`` before any work if this build lacks it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise CommandError(f"--device {name!r} is not a device torch knows ({err})") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CommandError(
+            f"--device {name}: this torch build has no usable CUDA device; use --device cpu"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CommandError(f"--device {name}: MPS is not available here; use --device cpu")
+    return device
+
+
+def check_out_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder and prove it writable before any work."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file; give a folder for the results")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".art-ssni-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise CommandError(f"cannot write to --out {out}: {err.strerror or err}") from err
+    return out
+
+
+def check_out_file(path: str | os.PathLike) -> Path:
+    """Check that a result file can be written (folder writable, not a folder) before work."""
+    out = Path(path)
+    if out.is_dir():
+        raise CommandError(f"--out {out} is a folder; give a file name such as stats.safetensors")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise CommandError(f"cannot write --out {out}: {out.parent} is a file, not a folder")
+    check_out_dir(out.parent)
+    return out
 
 
 def _zoo_stats_path() -> Path:
@@ -305,7 +363,33 @@ def _settings(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
         value = getattr(args, name, None)
         if value is not None:
             settings[name] = value
+    if getattr(args, "method", None) == "gns":
+        settings.update(_gns_settings(args, setup))
     return settings
+
+
+def _gns_settings(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
+    """GNS runs its stage schedule: --t-star/--steps do not apply, and what is recorded is
+    the schedule and its reference level (the largest stage), which SSNI scales."""
+    flags = (("--t-star", "t_star"), ("--steps", "steps"))
+    given = [flag for flag, name in flags if getattr(args, name, None)]
+    if given:
+        raise CommandError(
+            f"--method gns runs its published stage schedule; {' and '.join(given)} do not "
+            "apply to it (its reference level t* is its largest stage)"
+        )
+    from .purification.methods import GNS_CIFAR10_STAGES, GNS_SURROGATE_STAGES
+
+    kwargs = setup.purifier_kwargs.get("gns", {})
+    stages = [list(map(int, s)) for s in kwargs.get("stages", GNS_CIFAR10_STAGES)]
+    surrogate = [list(map(int, s)) for s in kwargs.get("surrogate_stages", GNS_SURROGATE_STAGES)]
+    return {
+        "t_star": int(kwargs.get("t_star") or max(t for t, _ in stages)),
+        "steps": None,
+        "surrogate_steps": None,
+        "stages": stages,
+        "surrogate_stages": surrogate,
+    }
 
 
 def _policy(noise: str, setup: Setup, settings: dict[str, Any], eps_norm: EPSNorm | None):
@@ -388,8 +472,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     rank, world = _distributed()
     rows = build_rows(args, setup, settings)
     out = Path(args.out)
-    if args.overwrite and rank == 0 and out.exists():
-        shutil.rmtree(out)
+    if args.overwrite and rank == 0:
+        clear_run_dir(out)
     barrier(world)
     config = {
         "preset": args.preset,
@@ -400,6 +484,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "rows": [row.key for row in rows],
         "indices": index.tolist(),
+        "stats": setup.stats.digest() if setup.stats is not None else None,
         **{k: v for k, v in settings.items() if k != "batch_size"},
         "batch_size": settings["batch_size"],
     }
@@ -440,7 +525,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     "num_levels",
                     "tau",
                     "bias",
+                    "stages",
+                    "surrogate_stages",
                 )
+                if k in settings
             },
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.device}",
         },
@@ -504,11 +592,27 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def preflight(args: argparse.Namespace) -> None:
+    """Every check that needs no model or data: device, output, overwrite permission."""
+    check_device(args.device)
+    if args.command == "stats":
+        check_out_file(args.out)
+        return
+    out = Path(args.out)
+    if args.command == "evaluate" and args.overwrite:
+        try:
+            check_clearable(out)
+        except ValueError as err:
+            raise CommandError(str(err)) from err
+    check_out_dir(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     commands = {"evaluate": cmd_evaluate, "sanity": cmd_sanity, "stats": cmd_stats}
     try:
+        preflight(args)
         return commands[args.command](args)
     except (CommandError, ValueError, FileNotFoundError) as err:
         print(f"art-ssni: error: {err}", file=sys.stderr)

@@ -10,10 +10,13 @@ and rank 0 merges the parts once all ranks are done.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -215,6 +218,32 @@ class Evaluation:
         self.world = world
         self.progress = progress and rank == 0
 
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the configuration: every unit file records the run it belongs to."""
+        text = json.dumps(self.config, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def unit_meta(self, key: str, batch: int, n: int) -> dict[str, Any]:
+        return {"row": key, "batch": batch, "n": n, "config": self.digest}
+
+    def load_unit(self, key: str, batch: int, n: int) -> dict[str, Any] | None:
+        """A finished unit's record, or ``None`` (with a warning naming the file) when it is
+        missing, unreadable, from another row or run, or does not hold its ``n`` samples."""
+        path = self.part_path(key, batch)
+        if not path.exists():
+            return None
+        try:
+            record = torch.load(path, weights_only=True)
+        except Exception as err:
+            problem = f"cannot be read ({type(err).__name__}: {err})"
+        else:
+            problem = _unit_problem(record, self.unit_meta(key, batch, n), self.draws)
+            if problem is None:
+                return record
+        warnings.warn(f"recomputing {path}: the unit file {problem}", stacklevel=2)
+        return None
+
     def check_config(self) -> None:
         """Record the configuration, or refuse to resume a different one."""
         path = self.out_dir / "config.json"
@@ -226,6 +255,7 @@ class Evaluation:
                     "choose another --out folder or pass --overwrite"
                 )
         elif self.rank == 0:
+            mark_run_dir(self.out_dir)
             atomic_write_bytes(path, text.encode())
 
     def part_path(self, key: str, batch: int) -> Path:
@@ -234,8 +264,12 @@ class Evaluation:
     def run(self, rows: Sequence[Row], x: torch.Tensor, y: torch.Tensor) -> list[dict] | None:
         """Evaluate every row; returns the merged rows on rank 0 (``None`` on other ranks)."""
         n_batches = (x.shape[0] + self.batch_size - 1) // self.batch_size
+
+        def size(b: int) -> int:
+            return min(self.batch_size, x.shape[0] - b * self.batch_size)
+
         units = [(row, b) for row in rows for b in range(n_batches) if b % self.world == self.rank]
-        todo = [(row, b) for row, b in units if not self.part_path(row.key, b).exists()]
+        todo = [(row, b) for row, b in units if self.load_unit(row.key, b, size(b)) is None]
         bar = tqdm(
             total=len(units),
             initial=len(units) - len(todo),
@@ -249,6 +283,7 @@ class Evaluation:
             record = evaluate_batch(
                 row, x[part], y[part], seed=unit_seed(self.seed, row.key, b), draws=self.draws
             )
+            record["meta"] = self.unit_meta(row.key, b, size(b))
             _atomic_torch_save(record, self.part_path(row.key, b))
             bar.update(1)
         bar.close()
@@ -257,11 +292,73 @@ class Evaluation:
             return None
         merged = []
         for row in rows:
-            parts = [
-                torch.load(self.part_path(row.key, b), weights_only=True) for b in range(n_batches)
-            ]
+            parts = []
+            for b in range(n_batches):
+                record = self.load_unit(row.key, b, size(b))
+                if record is None:
+                    raise ValueError(
+                        f"unit {self.part_path(row.key, b)} is missing or invalid after the run; "
+                        "rerun to recompute it"
+                    )
+                parts.append(record)
             merged.append(_merge(row, parts))
         return merged
+
+
+def _unit_problem(record: Any, meta: dict[str, Any], draws: int) -> str | None:
+    """Why a loaded unit does not belong where it lies, or ``None`` when it does."""
+    if not isinstance(record, dict) or not isinstance(record.get("meta"), dict):
+        return "records no row, batch and configuration (written by another version?)"
+    found = record["meta"]
+    wrong = [f"{k} {found.get(k)!r} (expected {v!r})" for k, v in meta.items() if found.get(k) != v]
+    if wrong:
+        return "belongs elsewhere: " + ", ".join(wrong)
+    n = meta["n"]
+    shapes = {"y": (n,), "preds_clean": (draws, n), "preds_adv": (draws, n)}
+    for name, shape in shapes.items():
+        value = record.get(name)
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else value
+            return f"holds {name} of shape {got}, expected {shape}"
+    return None
+
+
+RUN_MARKER = ".art-ssni-run"
+
+
+def mark_run_dir(out_dir: str | os.PathLike) -> None:
+    """Mark ``out_dir`` as written by an evaluation, so that ``--overwrite`` may clear it."""
+    atomic_write_bytes(Path(out_dir) / RUN_MARKER, b"art-ssni evaluation output\n")
+
+
+def clear_run_dir(out_dir: str | os.PathLike) -> None:
+    """Delete a previous evaluation's folder; refuse one that is not ours.
+
+    Only a folder carrying our marker or a ``config.json`` (a run of ours) is removed; an
+    empty folder is left as it is; anything else raises ``ValueError``, since deleting it
+    could destroy the user's files.
+    """
+    out = Path(out_dir)
+    if check_clearable(out):
+        shutil.rmtree(out)
+
+
+def check_clearable(out_dir: str | os.PathLike) -> bool:
+    """Whether ``out_dir`` holds a previous run of ours (``False``: nothing to clear); raise
+    ``ValueError`` for a file or a folder holding anything else."""
+    out = Path(out_dir)
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose a folder for the results")
+    if (out / RUN_MARKER).is_file() or (out / "config.json").is_file():
+        return True
+    if any(out.iterdir()):
+        raise ValueError(
+            f"--overwrite refuses to delete {out}: it holds files that no art-ssni evaluation "
+            "wrote (no config.json or .art-ssni-run marker); choose another --out folder"
+        )
+    return False
 
 
 def barrier(world: int) -> None:
