@@ -123,8 +123,8 @@ def _read_checkpoint(path: Path, what: str) -> object:
         ) from err
     except Exception as err:
         raise ValueError(
-            f"could not read {what} file {path} ({size} bytes): it is truncated, corrupt or not "
-            "a torch.save file; "
+            f"could not read {what} file {path} ({size} bytes): it is truncated or corrupt (or not "
+            "a torch.save file); "
             f"download it again ({err})"
         ) from err
 
