@@ -22,7 +22,15 @@ from typing import Any
 import torch
 
 from .diffusion.model import DiffusionModel
-from .evaluation.runner import ATTACKS, Evaluation, Row, barrier, check_clearable, clear_run_dir
+from .evaluation.runner import (
+    ATTACKS,
+    Evaluation,
+    Row,
+    barrier,
+    check_clearable,
+    clear_run_dir,
+    mark_run_dir,
+)
 from .models.defended import DefendedClassifier
 from .noise import EPSNorm, ReferenceStats, SSNILinear, SSNISigmoid
 from .purification import GDMP, GNS, DiffPure
@@ -128,8 +136,30 @@ def _choices(allowed: Sequence[str]):
     return parse
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("art-ssni")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _epilog() -> str:
+    from .presets import list_presets
+
+    return (
+        f"presets: digits (embedded, the default), {', '.join(list_presets())}; "
+        f"methods: {', '.join(sorted(METHODS))}; noise: {', '.join(NOISES)}; "
+        f"attacks: {', '.join(sorted(ATTACKS))}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="art-ssni", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="art-ssni", description=__doc__.splitlines()[0], epilog=_epilog()
+    )
+    parser.add_argument("--version", action="version", version=f"art-ssni {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -143,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    ev = sub.add_parser("evaluate", help="attack and evaluate defences, write a report")
+    ev = sub.add_parser(
+        "evaluate", help="attack and evaluate defences, write a report", epilog=_epilog()
+    )
     common(ev)
     ev.add_argument(
         "--noise",
@@ -175,8 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quick", action="store_true", help="smoke run: few images and steps")
     ev.add_argument("--out", default="runs/evaluate", help="output folder (resumable)")
     ev.add_argument("--overwrite", action="store_true", help="discard a previous run in --out")
+    ev.add_argument(
+        "--runs",
+        type=_positive_int,
+        default=1,
+        help="repeat the evaluation N times with seeds seed..seed+N-1 on the same images "
+        "and report mean ± std (each run resumable in OUT/run_<k>)",
+    )
+    ev.add_argument(
+        "--save-adversarial",
+        action="store_true",
+        help="also save each row's adversarial examples to OUT/adversarial/<row>.pt",
+    )
 
-    sa = sub.add_parser("sanity", help="gradient-masking checks on one defence")
+    sa = sub.add_parser("sanity", help="gradient-masking checks on one defence", epilog=_epilog())
     common(sa)
     sa.add_argument("--noise", choices=NOISES, default="ssni-n")
     sa.add_argument("--norm", choices=("Linf", "L2"))
@@ -365,7 +409,19 @@ def _settings(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
             settings[name] = value
     if getattr(args, "method", None) == "gns":
         settings.update(_gns_settings(args, setup))
+    if args.quick and getattr(args, "step", None) is None:
+        settings["step"] = max(
+            settings["step"], quick_step(settings["eps"], settings["iterations"])
+        )
+    if settings.get("tau") is None and setup.stats is not None:
+        settings["tau"] = setup.stats.std
     return settings
+
+
+def quick_step(eps: float, iterations: int) -> float:
+    """A step with which ``iterations`` steps can cross the ball: 2.5 eps / iterations
+    (Madry et al. 2018), so a smoke run's attack reaches the budget."""
+    return 2.5 * eps / iterations
 
 
 def _gns_settings(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
@@ -402,8 +458,7 @@ def _policy(noise: str, setup: Setup, settings: dict[str, Any], eps_norm: EPSNor
     t_star, bias = settings["t_star"], settings["bias"]
     if noise == "ssni-l":
         return SSNILinear(eps_norm, setup.stats, t_star, bias)
-    tau = settings["tau"] if settings["tau"] is not None else setup.stats.std
-    return SSNISigmoid(eps_norm, setup.stats, t_star, bias, tau)
+    return SSNISigmoid(eps_norm, setup.stats, t_star, bias, settings["tau"])
 
 
 def build_rows(args: argparse.Namespace, setup: Setup, settings: dict[str, Any]) -> list[Row]:
@@ -420,7 +475,9 @@ def build_rows(args: argparse.Namespace, setup: Setup, settings: dict[str, Any])
     rows = []
     if not args.no_baseline:
         undefended = DefendedClassifier(None, classifier, setup.mean, setup.std)
-        rows.append(Row("none-pgd", "No defence", undefended, "pgd-eot", {**attack, "eot": 1}))
+        asked = [a for a in args.attack if a != "selector-aware"] or ["pgd-eot"]
+        key = "none-pgd" if asked[0] == "pgd-eot" else f"none-{asked[0]}"
+        rows.append(Row(key, "No defence", undefended, asked[0], {**attack, "eot": 1}))
     eps_norm = EPSNorm(diffusion, settings["num_levels"]) if setup.stats is not None else None
     method = METHODS[args.method]
     label = {"diffpure": "DiffPure", "gdmp": "GDMP", "gns": "GNS"}[args.method]
@@ -485,59 +542,80 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "rows": [row.key for row in rows],
         "indices": index.tolist(),
         "stats": setup.stats.digest() if setup.stats is not None else None,
+        "save_adversarial": args.save_adversarial,
         **{k: v for k, v in settings.items() if k != "batch_size"},
         "batch_size": settings["batch_size"],
     }
-    evaluation = Evaluation(
-        out,
-        config,
-        batch_size=settings["batch_size"],
-        draws=settings["draws"],
-        seed=args.seed,
-        rank=rank,
-        world=world,
-        progress=not args.no_progress,
-    )
-    if rank == 0:
-        evaluation.check_config()
-    barrier(world)
-    merged = evaluation.run(rows, x, y)
+    all_results = []
+    for run in range(args.runs):
+        # The paper's runs: the same images, a fresh seed for the attack and the defence.
+        run_out = out if args.runs == 1 else out / f"run_{run}"
+        seed = args.seed + run
+        evaluation = Evaluation(
+            run_out,
+            {**config, "run": run, "run_seed": seed} if args.runs > 1 else config,
+            batch_size=settings["batch_size"],
+            draws=settings["draws"],
+            seed=seed,
+            rank=rank,
+            world=world,
+            progress=not args.no_progress,
+            save_adversarial=args.save_adversarial,
+        )
+        if rank == 0:
+            if args.runs > 1:
+                mark_run_dir(out)
+            evaluation.check_config()
+        barrier(world)
+        merged = evaluation.run(rows, x, y)
+        if rank == 0:
+            all_results.append(_results(args, setup, settings, x, world, seed, merged))
     if rank != 0:
         return 0
-    from .evaluation.report import format_table, write_report
+    from .evaluation.report import combine_runs, format_table, write_report
 
-    results = {
+    if args.runs > 1:
+        for run, results in enumerate(all_results):
+            write_report(results, out / f"run_{run}")
+    results = all_results[0] if args.runs == 1 else combine_runs(all_results)
+    print(format_table(results))
+    written = write_report(results, out)
+    print("wrote " + ", ".join(str(p) for p in written.values()))
+    return 0
+
+
+def _results(
+    args: argparse.Namespace,
+    setup: Setup,
+    settings: dict[str, Any],
+    x: torch.Tensor,
+    world: int,
+    seed: int,
+    rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    ssni = any(noise != "fixed" for noise in args.noise)
+    defence_keys = ["t_star", "steps", "surrogate_steps", "gradient", "num_levels"]
+    defence_keys += ["tau", "bias"] if ssni else []
+    defence_keys += ["stages", "surrogate_stages"]
+    return {
         "config": {
             "dataset": setup.name,
             "preset": args.preset,
             "n_images": int(x.shape[0]),
             "draws": settings["draws"],
-            "seed": args.seed,
+            "seed": seed,
             "processes": world,
+            "smoke": bool(args.quick),
             "attack": {k: settings[k] for k in ("norm", "eps", "iterations", "eot", "step")},
-            "defence": {
-                k: settings[k]
-                for k in (
-                    "t_star",
-                    "steps",
-                    "surrogate_steps",
-                    "gradient",
-                    "num_levels",
-                    "tau",
-                    "bias",
-                    "stages",
-                    "surrogate_stages",
-                )
-                if k in settings
-            },
+            "defence": {k: settings[k] for k in defence_keys if k in settings},
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.device}",
         },
-        "rows": merged,
+        "rows": rows,
     }
-    print(format_table(results))
-    written = write_report(results, out)
-    print("wrote " + ", ".join(str(p) for p in written.values()))
-    return 0
+
+
+def _stderr_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def cmd_sanity(args: argparse.Namespace) -> int:
@@ -564,6 +642,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
         eot=settings["eot"],
         draws=settings["draws"],
         seed=args.seed,
+        progress=None if args.no_progress else _stderr_line,
     )
     report["defence"] = defended.method
     report["gradient"] = settings["gradient"]

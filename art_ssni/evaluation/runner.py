@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .accuracy import aggregate, predict_draws
+from .accuracy import aggregate, intervals, predict_draws
 from .attacks import bpda_eot, pgd_eot, selector_aware_pgd
 
 
@@ -126,7 +126,13 @@ def _policy(model: nn.Module):
 
 
 def evaluate_batch(
-    row: Row, x: torch.Tensor, y: torch.Tensor, *, seed: int, draws: int
+    row: Row,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    seed: int,
+    draws: int,
+    save_adversarial: bool = False,
 ) -> dict[str, Any]:
     """Attack one batch, then judge clean and adversarial inputs over ``draws`` passes."""
     model = row.model
@@ -147,6 +153,8 @@ def evaluate_batch(
         "delta_linf": (x_adv - x).flatten(1).abs().max(1).values.cpu(),
         "delta_l2": (x_adv - x).flatten(1).norm(dim=1).cpu(),
     }
+    if save_adversarial:
+        record["x_adv"] = x_adv.detach().cpu()
     if purifier is not None:
         with torch.no_grad():
             record["levels_clean"] = purifier.levels(x, seed + 2).cpu()
@@ -178,6 +186,8 @@ def _merge(row: Row, parts: list[dict[str, Any]]) -> dict[str, Any]:
         "n": n,
         "clean": aggregate(cat("preds_clean"), y),
         "robust": aggregate(cat("preds_adv"), y),
+        "clean_ci95": intervals(cat("preds_clean"), y),
+        "robust_ci95": intervals(cat("preds_adv"), y),
         "max_delta_linf": float(cat("delta_linf").max()),
         "max_delta_l2": float(cat("delta_l2").max()),
         "seconds_per_image": sum(p["seconds"] for p in parts) / n,
@@ -206,6 +216,7 @@ class Evaluation:
         rank: int = 0,
         world: int = 1,
         progress: bool = True,
+        save_adversarial: bool = False,
     ) -> None:
         if batch_size < 1 or draws < 1:
             raise ValueError(f"batch_size and draws must be >= 1, got {batch_size}, {draws}")
@@ -217,6 +228,7 @@ class Evaluation:
         self.rank = rank
         self.world = world
         self.progress = progress and rank == 0
+        self.save_adversarial = save_adversarial
 
     @property
     def digest(self) -> str:
@@ -258,6 +270,19 @@ class Evaluation:
             mark_run_dir(self.out_dir)
             atomic_write_bytes(path, text.encode())
 
+    def save_examples(self, key: str, parts: list[dict[str, Any]]) -> Path:
+        """Write a row's adversarial examples and labels to ``adversarial/<row>.pt``."""
+        missing = [i for i, p in enumerate(parts) if "x_adv" not in p]
+        if missing:
+            raise ValueError(f"units {missing} of row {key} hold no adversarial examples")
+        path = self.out_dir / "adversarial" / f"{key}.pt"
+        examples = {
+            "x_adv": torch.cat([p["x_adv"] for p in parts]),
+            "y": torch.cat([p["y"] for p in parts]),
+        }
+        _atomic_torch_save(examples, path)
+        return path
+
     def part_path(self, key: str, batch: int) -> Path:
         return self.out_dir / "parts" / key / f"batch_{batch:05d}.pt"
 
@@ -281,7 +306,12 @@ class Evaluation:
             bar.set_postfix_str(f"{row.key} batch {b}")
             part = slice(b * self.batch_size, (b + 1) * self.batch_size)
             record = evaluate_batch(
-                row, x[part], y[part], seed=unit_seed(self.seed, row.key, b), draws=self.draws
+                row,
+                x[part],
+                y[part],
+                seed=unit_seed(self.seed, row.key, b),
+                draws=self.draws,
+                save_adversarial=self.save_adversarial,
             )
             record["meta"] = self.unit_meta(row.key, b, size(b))
             _atomic_torch_save(record, self.part_path(row.key, b))
@@ -302,6 +332,8 @@ class Evaluation:
                     )
                 parts.append(record)
             merged.append(_merge(row, parts))
+            if self.save_adversarial:
+                self.save_examples(row.key, parts)
         return merged
 
 
