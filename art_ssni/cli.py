@@ -14,7 +14,6 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -34,51 +33,18 @@ from .evaluation.runner import (
 from .models.defended import DefendedClassifier
 from .noise import EPSNorm, ReferenceStats, SSNILinear, SSNISigmoid
 from .purification import GDMP, GNS, DiffPure
+from .sources import (
+    DIGITS_DEFAULTS,
+    CommandError,
+    Setup,
+    _subset,
+    load_setup,
+)
 
 NOISES = ("fixed", "ssni-l", "ssni-n")
 METHODS = {"diffpure": DiffPure, "gdmp": GDMP, "gns": GNS}
 
 
-class CommandError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
-
-
-@dataclass
-class Setup:
-    """Everything an evaluation needs, whatever its source (embedded default or a preset)."""
-
-    name: str
-    diffusion: DiffusionModel
-    classifier: torch.nn.Module
-    x: torch.Tensor
-    y: torch.Tensor
-    stats: ReferenceStats | None
-    defaults: dict[str, Any]
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
-    purify_size: tuple[int, int] | None = None
-    purifier_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-# The embedded default's settings, chosen by benchmarks/sweep_embedded.py (benchmarks/README.md).
-DIGITS_DEFAULTS: dict[str, Any] = {
-    "t_star": 60,
-    "steps": 10,
-    "surrogate_steps": 5,
-    "gradient": "full",
-    "num_levels": 20,
-    "tau": None,
-    "bias": 0,
-    "norm": "Linf",
-    "eps": 0.2,
-    "step": 0.025,
-    "iterations": 10,
-    "eot": 2,
-    "n_images": 128,
-    "draws": 8,
-    "batch_size": 64,
-    "selector_weight": 0.5,
-}
 QUICK = {"iterations": 3, "eot": 2, "n_images": 32, "draws": 3, "batch_size": 32}
 
 
@@ -167,6 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--method", default="diffpure", choices=sorted(METHODS))
         p.add_argument("--diffusion-checkpoint", help="diffusion model file or folder")
         p.add_argument("--classifier-checkpoint", help="classifier checkpoint file")
+        p.add_argument(
+            "--classifier",
+            metavar="MODULE:CALLABLE",
+            help="your own classifier: a factory returning an nn.Module on [0, 1] images "
+            "(MODULE may be a .py file)",
+        )
+        p.add_argument(
+            "--data",
+            help="your own images: an .npz of x (NCHW, uint8 or [0, 1]) and y, or an "
+            "ImageFolder tree root/<class>/<image>",
+        )
         p.add_argument("--data-dir", help="data set location (CIFAR-10 / ImageNet presets)")
         p.add_argument("--stats", help="reference statistics file (safetensors)")
         p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -283,107 +260,6 @@ def check_out_file(path: str | os.PathLike) -> Path:
     return out
 
 
-def _zoo_stats_path() -> Path:
-    from .models.zoo import zoo_root
-
-    return zoo_root() / "digits_stats.safetensors"
-
-
-def _subset(n_total: int, n: int, seed: int) -> torch.Tensor:
-    """The fixed-seed subset of n indices out of n_total (sorted)."""
-    from .data.cifar10 import fixed_subset
-
-    if n > n_total:
-        raise CommandError(f"asked for {n} images but the split holds only {n_total}")
-    return fixed_subset(n, n_total, seed=seed).sort().values
-
-
-def embedded_setup(args: argparse.Namespace, split: str = "test") -> Setup:
-    """The digits default: shipped classifier, diffusion model and reference statistics."""
-    from .data.digits import load_digits
-    from .models.zoo import load_embedded_classifier, load_embedded_eps_net
-
-    diffusion = DiffusionModel(load_embedded_eps_net(), image_shape=(1, 8, 8), name="digits")
-    x, y = load_digits(split)
-    stats = None
-    path = Path(args.stats) if getattr(args, "stats", None) else _zoo_stats_path()
-    if path.exists():
-        stats = ReferenceStats.load(path)
-    elif getattr(args, "stats", None):
-        raise CommandError(f"no statistics file at {path}")
-    return Setup("digits", diffusion, load_embedded_classifier(), x, y, stats, DIGITS_DEFAULTS)
-
-
-PRESET_EXTRAS: dict[str, dict[str, Any]] = {
-    "cifar10": {"draws": 10, "batch_size": 64, "selector_weight": 0.5},
-    "imagenet": {"draws": 10, "batch_size": 8, "selector_weight": 0.5},
-}
-
-
-def preset_setup(args: argparse.Namespace, split: str = "test") -> Setup:
-    """A paper preset with the user's checkpoints and data (nothing is downloaded)."""
-    from .presets import (
-        get_preset,
-        load_preset_classifier,
-        load_preset_diffusion,
-        load_preset_images,
-    )
-
-    preset = get_preset(args.preset)
-    method = preset.method(args.method)
-    kwargs = method.kwargs()
-    if not args.diffusion_checkpoint:
-        raise CommandError(f"preset {args.preset!r} needs --diffusion-checkpoint PATH")
-    if split == "test" and not args.classifier_checkpoint:
-        raise CommandError(f"preset {args.preset!r} needs --classifier-checkpoint PATH")
-    stats = ReferenceStats.load(args.stats) if args.stats else None
-    n_images = getattr(args, "n_images", None)
-    x, y = load_preset_images(preset, split, args.data_dir, n_images=n_images, seed=args.seed)
-    defaults = {
-        "t_star": method.t_star,
-        "steps": kwargs.get("steps"),
-        "surrogate_steps": kwargs.get("surrogate_steps"),
-        "gradient": preset.attack.gradient,
-        "num_levels": preset.ssni.num_levels,
-        "tau": preset.ssni.tau,
-        "bias": preset.ssni.bias,
-        "norm": preset.attack.norm,
-        "eps": preset.attack.epsilon,
-        "step": preset.attack.step,
-        "iterations": preset.attack.iterations,
-        "eot": preset.attack.eot,
-        "n_images": preset.num_images,
-        **PRESET_EXTRAS[preset.dataset],
-    }
-    classifier = (
-        load_preset_classifier(preset, args.classifier_checkpoint)
-        if args.classifier_checkpoint
-        else torch.nn.Identity()
-    )
-    return Setup(
-        preset.dataset,
-        load_preset_diffusion(preset, args.diffusion_checkpoint),
-        classifier,
-        x,
-        y,
-        stats,
-        defaults,
-        purifier_kwargs={m.method: m.kwargs() for m in preset.methods},
-    )
-
-
-def load_setup(args: argparse.Namespace, split: str = "test") -> Setup:
-    if args.preset == "digits":
-        return embedded_setup(args, split)
-    from .presets import list_presets
-
-    if args.preset not in list_presets():
-        raise CommandError(
-            f"unknown preset {args.preset!r}; choose from digits, {', '.join(list_presets())}"
-        )
-    return preset_setup(args, split)
-
-
 def _settings(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
     settings = dict(setup.defaults)
     if args.quick:
@@ -407,6 +283,8 @@ def _settings(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
         value = getattr(args, name, None)
         if value is not None:
             settings[name] = value
+    if getattr(args, "n_images", None) is None:
+        settings["n_images"] = min(settings["n_images"], int(setup.x.shape[0]))
     if getattr(args, "method", None) == "gns":
         settings.update(_gns_settings(args, setup))
     if args.quick and getattr(args, "step", None) is None:
@@ -521,8 +399,47 @@ def _distributed() -> tuple[int, int]:
     return torch.distributed.get_rank(), world
 
 
+def evaluate(
+    diffusion: DiffusionModel,
+    classifier: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    out: str | os.PathLike,
+    stats: ReferenceStats | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **options: Any,
+) -> dict[str, Any] | None:
+    """``art-ssni evaluate`` on your own models and tensors; returns the results dict
+    (``None`` on ranks other than 0 under ``torchrun``).
+
+    ``options`` are the command's flags with underscores (``noise="fixed,ssni-n"``,
+    ``attack="pgd-eot"``, ``eps="8/255"``, ``t_star=100``, ``runs=3``, ``no_baseline=True``,
+    ...), parsed and checked exactly as on the command line; defaults are the embedded
+    default's. ``classifier`` takes images in [0, 1] (or give ``mean``/``std``).
+    """
+    argv = ["evaluate", "--out", os.fspath(out)]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is not False and value is not None:
+            argv += [flag, ",".join(value) if isinstance(value, (list, tuple)) else str(value)]
+    args = build_parser().parse_args(argv)
+    preflight(args)
+    defaults = {**DIGITS_DEFAULTS, "n_images": int(x.shape[0])}
+    setup = Setup("user", diffusion, classifier, x, y, stats, defaults, mean, std)
+    return run_evaluation(args, setup)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    setup = load_setup(args)
+    run_evaluation(args, load_setup(args))
+    return 0
+
+
+def run_evaluation(args: argparse.Namespace, setup: Setup) -> dict[str, Any] | None:
+    """The evaluation behind ``art-ssni evaluate``; the results on rank 0, else ``None``."""
     settings = _settings(args, setup)
     index = _subset(setup.x.shape[0], settings["n_images"], args.seed)
     x, y = setup.x[index], setup.y[index]
@@ -571,7 +488,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if rank == 0:
             all_results.append(_results(args, setup, settings, x, world, seed, merged))
     if rank != 0:
-        return 0
+        return None
     from .evaluation.report import combine_runs, format_table, write_report
 
     if args.runs > 1:
@@ -581,7 +498,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_table(results))
     written = write_report(results, out)
     print("wrote " + ", ".join(str(p) for p in written.values()))
-    return 0
+    return results
 
 
 def _results(

@@ -214,7 +214,7 @@ def test_a_unit_missing_a_sample_is_recomputed(tmp_path):
 
 
 def test_resuming_with_other_statistics_is_refused(tmp_path, capsys):
-    from art_ssni.cli import _zoo_stats_path
+    from art_ssni.sources import _zoo_stats_path
 
     zoo = ReferenceStats.load(_zoo_stats_path())
     other = tmp_path / "other.safetensors"
@@ -362,3 +362,103 @@ def test_stats_load_with_incomplete_metadata(tmp_path, stats):
 def test_number_helper_names_nan():
     with pytest.raises(ValueError, match="finite"):
         check_number(math.nan, "bias")
+
+
+# 11. your own classifier and data; checkpoints the default would ignore are refused
+
+
+def test_default_preset_refuses_checkpoints(tmp_path, capsys):
+    missing = str(tmp_path / "nope.pt")
+    assert main(["evaluate", "--diffusion-checkpoint", missing, "--out", str(tmp_path)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    real = tmp_path / "real.pt"
+    real.write_bytes(b"x")
+    assert main(["evaluate", "--classifier-checkpoint", str(real), "--out", str(tmp_path)]) == 2
+    assert "would ignore --classifier-checkpoint" in capsys.readouterr().err
+
+
+FACTORY = """
+from art_ssni.models.zoo import load_embedded_classifier
+
+
+def make():
+    return load_embedded_classifier()
+
+
+def not_a_module():
+    return 3
+"""
+
+
+def test_own_classifier_data_and_python_entry_point_match_the_default(tmp_path, capsys):
+    from art_ssni.cli import evaluate
+    from art_ssni.data.digits import load_digits
+    from art_ssni.models.zoo import load_embedded_classifier, load_embedded_eps_net
+    from art_ssni.sources import _zoo_stats_path
+
+    flags = ["--noise", "fixed", "--attack", "pgd-eot", "--no-baseline", *SMALL]
+    assert main(["evaluate", *flags, "--out", str(tmp_path / "default")]) == 0
+    index = json.loads((tmp_path / "default" / "config.json").read_text())["indices"]
+    x, y = load_digits("test")
+    data = tmp_path / "mine.npz"
+    x_nhwc = x[index].permute(0, 2, 3, 1).numpy()  # channels last, as most image tools
+    import numpy as np
+
+    np.savez(data, x=x_nhwc, y=y[index].numpy())
+    factory = tmp_path / "mine.py"
+    factory.write_text(FACTORY)
+    mine = ["--classifier", f"{factory}:make", "--data", str(data)]
+    assert main(["evaluate", *flags, *mine, "--out", str(tmp_path / "mine")]) == 0
+
+    def rows(name):
+        found = json.loads((tmp_path / name / "results.json").read_text())["rows"]
+        return [{k: v for k, v in r.items() if k != "seconds_per_image"} for r in found]
+
+    assert rows("mine") == rows("default")
+    diffusion = DiffusionModel(load_embedded_eps_net(), image_shape=(1, 8, 8))
+    results = evaluate(
+        diffusion,
+        load_embedded_classifier(),
+        x[index],
+        y[index],
+        out=tmp_path / "api",
+        stats=ReferenceStats.load(_zoo_stats_path()),
+        noise="fixed",
+        attack=["pgd-eot"],
+        no_baseline=True,
+        n_images=4,
+        batch_size=4,
+        iterations=1,
+        eot=1,
+        draws=1,
+        steps=2,
+        t_star=5,
+        no_progress=True,
+    )
+    assert rows("api") == rows("default")
+    assert results["rows"][0]["robust"] == rows("default")[0]["robust"]
+    bad = ["--classifier", f"{factory}:not_a_module", "--out", str(tmp_path / "bad")]
+    assert main(["evaluate", *bad]) == 2
+    assert "not a torch.nn.Module" in capsys.readouterr().err
+
+
+def test_image_folder_data(tmp_path):
+    from PIL import Image
+
+    from art_ssni.data.user import load_user_images
+
+    g = torch.Generator().manual_seed(0)
+    pixels = (torch.rand(3, 8, 8, generator=g) * 255).round().to(torch.uint8)
+    for i, name in enumerate(["cat", "ant", "ant"]):
+        (tmp_path / name).mkdir(exist_ok=True)
+        Image.fromarray(pixels[i].numpy(), mode="L").save(tmp_path / name / f"{i}.png")
+    x, y = load_user_images(tmp_path, (1, 8, 8))
+    assert y.tolist() == [0, 0, 1]  # classes in sorted order: ant, cat
+    assert torch.equal(x[2, 0], pixels[0].float() / 255)
+    assert torch.equal(x[0, 0], pixels[1].float() / 255)
+    import numpy as np
+
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((2, 3, 8, 8), dtype="float32"), y=np.zeros(2, dtype="int64"))
+    with pytest.raises(ValueError, match="3 channels but the model expects 1"):
+        load_user_images(bad, (1, 8, 8))
