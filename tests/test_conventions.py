@@ -49,3 +49,67 @@ def test_upstream_constructor_and_return_value():
     assert isinstance(x_adv, torch.Tensor) and x_adv.shape == x.shape
     assert float((x_adv - x).abs().max()) <= 0.5 + 1e-6
     assert bool((model(x_adv).argmax(1) != y).all())
+
+
+# 13. ART conventions
+
+
+def _art_defence(diffusion, **kwargs):
+    from art_ssni.defences import DiffPurePyTorch
+
+    return DiffPurePyTorch(diffusion, t_star=6, steps=2, device_type="cpu", generator=0, **kwargs)
+
+
+def test_art_keywords_clip_and_channels_last(diffusion, images):
+    import pytest
+
+    defence = _art_defence(diffusion, apply_fit=True, apply_predict=False)
+    assert defence.apply_fit and not defence.apply_predict
+    wide = images * 1.4 - 0.2  # a step outside [0, 1]
+    clipped, _ = _art_defence(diffusion, clip_values=(0, 1)).forward(wide)
+    reference, _ = _art_defence(diffusion).forward(wide.clamp(0, 1))
+    assert torch.equal(clipped, reference)
+    nhwc, _ = _art_defence(diffusion, channels_first=False).forward(images.permute(0, 2, 3, 1))
+    nchw, _ = _art_defence(diffusion).forward(images)
+    assert torch.equal(nhwc, nchw.permute(0, 2, 3, 1))
+    with pytest.raises(ValueError, match=r"clip_values=None"):
+        _art_defence(diffusion).forward(wide)
+    with pytest.raises(ValueError, match="clip_values must be"):
+        _art_defence(diffusion, clip_values=(0, 255))
+
+
+def test_art_set_params_reaches_the_purifier(diffusion):
+    import pytest
+
+    defence = _art_defence(diffusion)
+    defence.set_params(t_star=4, gradient="bpda", eot_samples=3)
+    assert defence.purifier.t_star == 4 and defence.purifier.stages == ((4, 2),)
+    assert defence.purifier.gradient == "bpda" and defence.eot_samples == 3
+    with pytest.raises(ValueError, match="unknown parameters"):
+        defence.set_params(temperature=2)
+    with pytest.raises(ValueError, match="t_star"):
+        defence.set_params(t_star=float("nan"))
+
+
+def test_voting_classifier_predicts_vote_fractions_and_averages_class_gradients(
+    diffusion, images, monkeypatch
+):
+    from art.estimators.classification import PyTorchClassifier
+
+    from art_ssni.defences import VotingPyTorchClassifier
+
+    defence = _art_defence(diffusion, eot_samples=3)
+    classifier = VotingPyTorchClassifier(
+        TinyClassifier(), loss=torch.nn.CrossEntropyLoss(), input_shape=(3, 8, 8),
+        nb_classes=10, preprocessing_defences=[defence], clip_values=(0, 1),
+        device_type="cpu", votes=4,
+    )  # fmt: skip
+    x = images.numpy()
+    scores = classifier.predict(x)
+    assert scores.shape == (6, 10)
+    assert (scores.sum(1) == 1).all() and ((scores * 4) == (scores * 4).round()).all()
+    calls = iter([1.0, 2.0, 6.0])
+    monkeypatch.setattr(
+        PyTorchClassifier, "class_gradient", lambda self, x, label=None, **k: x * 0 + next(calls)
+    )
+    assert (classifier.class_gradient(x, label=0) == 3.0).all()  # mean of 1, 2, 6
