@@ -113,3 +113,74 @@ def test_voting_classifier_predicts_vote_fractions_and_averages_class_gradients(
         PyTorchClassifier, "class_gradient", lambda self, x, label=None, **k: x * 0 + next(calls)
     )
     assert (classifier.class_gradient(x, label=0) == 3.0).all()  # mean of 1, 2, 6
+
+
+# 14. torchattacks conventions
+
+
+def _ta_model(diffusion):
+    from art_ssni import DiffPure
+    from art_ssni.models.defended import DefendedClassifier
+
+    return DefendedClassifier(DiffPure(diffusion, t_star=4, steps=2, generator=0), TinyClassifier())
+
+
+def test_pgdeot_takes_torchattacks_order_and_defaults(diffusion):
+    import inspect
+
+    import torchattacks
+
+    from integrations import PGDEOT
+
+    ours = inspect.signature(PGDEOT.__init__).parameters
+    theirs = inspect.signature(torchattacks.EOTPGD.__init__).parameters
+    names = list(theirs)
+    assert list(ours)[: len(names)] == names
+    for name in names[2:]:
+        assert ours[name].default == theirs[name].default
+    attack = PGDEOT(_ta_model(diffusion), 0.1, 0.05, 3, 1, False)
+    assert (attack.eps, attack.alpha, attack.steps, attack.eot_iter) == (0.1, 0.05, 3, 1)
+    assert attack.random_start is False
+
+
+def test_targeted_mode_moves_towards_the_target():
+    import pytest
+
+    from art_ssni.models.defended import DefendedClassifier
+    from integrations import PGDEOT, SelectorAwarePGD
+
+    model = DefendedClassifier(None, TinyClassifier())
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, 8, 8, generator=g) * 0.5 + 0.25
+    y = model(x).argmax(1)
+    attack = PGDEOT(model, eps=0.25, alpha=0.05, steps=10, eot_iter=1, random_start=False)
+    attack.set_mode_targeted_by_function(lambda images, labels: (labels + 1) % 10, quiet=True)
+    x_adv = attack(x, y)
+    target = (y + 1) % 10
+    before = torch.nn.functional.cross_entropy(model(x), target, reduction="none")
+    after = torch.nn.functional.cross_entropy(model(x_adv), target, reduction="none")
+    assert bool((after < before).all())
+    assert float((model(x_adv).argmax(1) == target).float().mean()) >= 0.5
+    assert float((x_adv - x).abs().max()) <= 0.25 + 1e-6
+    attack.set_mode_targeted_random(quiet=True)
+    attack(x, y)
+    with pytest.raises(ValueError, match="set_normalization_used"):
+        attack.set_normalization_used(mean=[0.5] * 3, std=[0.5] * 3)
+    with pytest.raises(ValueError, match="SSNI"):
+        SelectorAwarePGD(model, steps=1)(x, y)
+
+
+def test_eot_attack_save_reports_the_multi_draw_verdict(diffusion, tmp_path, capsys):
+    from integrations import PGDEOT, EOTAttack
+
+    model = _ta_model(diffusion)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(6, 3, 8, 8, generator=g), torch.randint(0, 10, (6,), generator=g)
+    attack = EOTAttack(PGDEOT(model, eps=0.05, alpha=0.05, steps=1, eot_iter=1), n_draws=3)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=3)
+    path = tmp_path / "adv.pt"
+    rob_acc, _, _ = attack.save(loader, save_path=str(path), return_verbose=True)
+    saved = torch.load(path, weights_only=True)
+    assert rob_acc == 100.0 * float(saved["robust"].float().mean())
+    assert saved["adv_inputs"].shape == x.shape and torch.equal(saved["labels"], y)
+    assert "over 3 draws (vote)" in capsys.readouterr().out
