@@ -462,3 +462,25 @@ def test_image_folder_data(tmp_path):
     np.savez(bad, x=np.zeros((2, 3, 8, 8), dtype="float32"), y=np.zeros(2, dtype="int64"))
     with pytest.raises(ValueError, match="3 channels but the model expects 1"):
         load_user_images(bad, (1, 8, 8))
+
+
+def test_read_only_out_is_refused_before_work(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    def read_only(self, data):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    assert main(["sanity", "--out", str(tmp_path / "ro")]) == 2
+    assert "cannot write to --out" in capsys.readouterr().err
+
+
+def test_npz_uint8_images_are_scaled(tmp_path):
+    import numpy as np
+
+    from art_ssni.data.user import load_user_images
+
+    pixels = np.arange(2 * 64, dtype="uint8").reshape(2, 1, 8, 8)
+    np.savez(tmp_path / "u8.npz", x=pixels, y=np.array([3, 4]))
+    x, y = load_user_images(tmp_path / "u8.npz", (1, 8, 8))
+    assert torch.equal(x, torch.from_numpy(pixels).float() / 255) and y.tolist() == [3, 4]
