@@ -241,7 +241,7 @@ def check_out_dir(path: str | os.PathLike) -> Path:
         raise CommandError(f"--out {out} is a file; give a folder for the results")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".art-ssni-write-test"
+        probe = out / f".art-ssni-write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
