@@ -9,69 +9,43 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
-import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .diffusion.model import CONVENTIONS, DiffusionModel, time_convention
+from .diffusion.model import CONVENTIONS, DiffusionModel
 from .diffusion.sampler import SAMPLERS
-from .evaluation.runner import ATTACKS, Evaluation, Row, barrier
+from .evaluation.runner import (
+    ATTACKS,
+    Evaluation,
+    Row,
+    barrier,
+    check_clearable,
+    clear_run_dir,
+    mark_run_dir,
+)
 from .models.defended import DefendedClassifier
 from .noise import EPSNorm, ReferenceStats, SSNILinear, SSNISigmoid
 from .purification import GDMP, GNS, DiffPure
+from .sources import (
+    DIGITS_DEFAULTS,
+    CommandError,
+    Setup,
+    _subset,
+    load_setup,
+)
 
 NOISES = ("fixed", "ssni-l", "ssni-n")
 METHODS = {"diffpure": DiffPure, "gdmp": GDMP, "gns": GNS}
 
 
-class CommandError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
-
-
-@dataclass
-class Setup:
-    """Everything an evaluation needs, whatever its source (embedded default or a preset)."""
-
-    name: str
-    diffusion: DiffusionModel
-    classifier: torch.nn.Module
-    x: torch.Tensor
-    y: torch.Tensor
-    stats: ReferenceStats | None
-    defaults: dict[str, Any]
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
-    purify_size: tuple[int, int] | None = None
-    purifier_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-# The embedded default's settings, chosen by benchmarks/sweep_embedded.py (benchmarks/README.md).
-DIGITS_DEFAULTS: dict[str, Any] = {
-    "t_star": 60,
-    "steps": 10,
-    "surrogate_steps": 5,
-    "gradient": "full",
-    "num_levels": 20,
-    "tau": None,
-    "bias": 0,
-    "norm": "Linf",
-    "eps": 0.2,
-    "step": 0.025,
-    "iterations": 10,
-    "eot": 2,
-    "n_images": 128,
-    "draws": 8,
-    "batch_size": 64,
-    "selector_weight": 0.5,
-}
 QUICK = {"iterations": 3, "eot": 2, "n_images": 32, "draws": 3, "batch_size": 32}
 
 
@@ -99,6 +73,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _finite(low: float | None = None, *, positive: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from err
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+        if positive and not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"expected a number >= {low:g}, got {text}")
+        return value
+
+    return parse
+
+
 def _choices(allowed: Sequence[str]):
     def parse(text: str) -> list[str]:
         items = [item.strip() for item in text.split(",") if item.strip()]
@@ -112,8 +103,30 @@ def _choices(allowed: Sequence[str]):
     return parse
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("art-ssni")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _epilog() -> str:
+    from .presets import list_presets
+
+    return (
+        f"presets: digits (embedded, the default), {', '.join(list_presets())}; "
+        f"methods: {', '.join(sorted(METHODS))}; noise: {', '.join(NOISES)}; "
+        f"attacks: {', '.join(sorted(ATTACKS))}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="art-ssni", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="art-ssni", description=__doc__.splitlines()[0], epilog=_epilog()
+    )
+    parser.add_argument("--version", action="version", version=f"art-ssni {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -121,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--method", default="diffpure", choices=sorted(METHODS))
         p.add_argument("--diffusion-checkpoint", help="diffusion model file or folder")
         p.add_argument("--classifier-checkpoint", help="classifier checkpoint file")
+        p.add_argument(
+            "--classifier",
+            metavar="MODULE:CALLABLE",
+            help="your own classifier: a factory returning an nn.Module on [0, 1] images "
+            "(MODULE may be a .py file)",
+        )
+        p.add_argument(
+            "--data",
+            help="your own images: an .npz of x (NCHW, uint8 or [0, 1]) and y, or an "
+            "ImageFolder tree root/<class>/<image>",
+        )
         p.add_argument("--data-dir", help="data set location (CIFAR-10 / ImageNet presets)")
         p.add_argument("--stats", help="reference statistics file (safetensors)")
         p.add_argument("--sampler", choices=SAMPLERS, help="reverse sampler (default ddpm)")
@@ -131,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    ev = sub.add_parser("evaluate", help="attack and evaluate defences, write a report")
+    ev = sub.add_parser(
+        "evaluate", help="attack and evaluate defences, write a report", epilog=_epilog()
+    )
     common(ev)
     ev.add_argument(
         "--noise",
@@ -156,15 +182,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--gradient", choices=("full", "surrogate", "bpda"))
     ev.add_argument("--t-star", type=_positive_int)
     ev.add_argument("--steps", type=_positive_int, help="reverse steps of the defence")
-    ev.add_argument("--tau", type=float, help="SSNI-N temperature")
-    ev.add_argument("--bias", type=float, help="SSNI bias b (steps)")
-    ev.add_argument("--selector-weight", type=float)
+    ev.add_argument("--tau", type=_finite(positive=True), help="SSNI-N temperature")
+    ev.add_argument("--bias", type=_finite(), help="SSNI bias b (steps)")
+    ev.add_argument("--selector-weight", type=_finite(positive=True))
     ev.add_argument("--no-baseline", action="store_true", help="skip the undefended row")
     ev.add_argument("--quick", action="store_true", help="smoke run: few images and steps")
     ev.add_argument("--out", default="runs/evaluate", help="output folder (resumable)")
     ev.add_argument("--overwrite", action="store_true", help="discard a previous run in --out")
+    ev.add_argument(
+        "--runs",
+        type=_positive_int,
+        default=1,
+        help="repeat the evaluation N times with seeds seed..seed+N-1 on the same images "
+        "and report mean ± std (each run resumable in OUT/run_<k>)",
+    )
+    ev.add_argument(
+        "--save-adversarial",
+        action="store_true",
+        help="also save each row's adversarial examples to OUT/adversarial/<row>.pt",
+    )
 
-    sa = sub.add_parser("sanity", help="gradient-masking checks on one defence")
+    sa = sub.add_parser("sanity", help="gradient-masking checks on one defence", epilog=_epilog())
     common(sa)
     sa.add_argument("--noise", choices=NOISES, default="ssni-n")
     sa.add_argument("--norm", choices=("Linf", "L2"))
@@ -186,108 +224,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _zoo_stats_path() -> Path:
-    from .models.zoo import zoo_root
-
-    return zoo_root() / "digits_stats.safetensors"
-
-
-def _subset(n_total: int, n: int, seed: int) -> torch.Tensor:
-    """The fixed-seed subset of n indices out of n_total (sorted)."""
-    from .data.cifar10 import fixed_subset
-
-    if n > n_total:
-        raise CommandError(f"asked for {n} images but the split holds only {n_total}")
-    return fixed_subset(n, n_total, seed=seed).sort().values
-
-
-def embedded_setup(args: argparse.Namespace, split: str = "test") -> Setup:
-    """The digits default: shipped classifier, diffusion model and reference statistics."""
-    from .data.digits import load_digits
-    from .models.zoo import load_embedded_classifier, load_embedded_eps_net
-
-    schedule, label = time_convention("discrete", args.convention or "as-trained")
-    diffusion = DiffusionModel(
-        load_embedded_eps_net(), schedule, time_label=label, image_shape=(1, 8, 8), name="digits"
-    )
-    x, y = load_digits(split)
-    stats = None
-    path = Path(args.stats) if getattr(args, "stats", None) else _zoo_stats_path()
-    if path.exists():
-        stats = ReferenceStats.load(path)
-    elif getattr(args, "stats", None):
-        raise CommandError(f"no statistics file at {path}")
-    return Setup("digits", diffusion, load_embedded_classifier(), x, y, stats, DIGITS_DEFAULTS)
-
-
-PRESET_EXTRAS: dict[str, dict[str, Any]] = {
-    "cifar10": {"draws": 10, "batch_size": 64, "selector_weight": 0.5},
-    "imagenet": {"draws": 10, "batch_size": 8, "selector_weight": 0.5},
-}
-
-
-def preset_setup(args: argparse.Namespace, split: str = "test") -> Setup:
-    """A paper preset with the user's checkpoints and data (nothing is downloaded)."""
-    from .presets import (
-        get_preset,
-        load_preset_classifier,
-        load_preset_diffusion,
-        load_preset_images,
-    )
-
-    preset = get_preset(args.preset)
-    method = preset.method(args.method)
-    kwargs = method.kwargs()
-    if not args.diffusion_checkpoint:
-        raise CommandError(f"preset {args.preset!r} needs --diffusion-checkpoint PATH")
-    if split == "test" and not args.classifier_checkpoint:
-        raise CommandError(f"preset {args.preset!r} needs --classifier-checkpoint PATH")
-    stats = ReferenceStats.load(args.stats) if args.stats else None
-    n_images = getattr(args, "n_images", None)
-    x, y = load_preset_images(preset, split, args.data_dir, n_images=n_images, seed=args.seed)
-    defaults = {
-        "t_star": method.t_star,
-        "steps": kwargs.get("steps"),
-        "surrogate_steps": kwargs.get("surrogate_steps"),
-        "gradient": preset.attack.gradient,
-        "num_levels": preset.ssni.num_levels,
-        "tau": preset.ssni.tau,
-        "bias": preset.ssni.bias,
-        "norm": preset.attack.norm,
-        "eps": preset.attack.epsilon,
-        "step": preset.attack.step,
-        "iterations": preset.attack.iterations,
-        "eot": preset.attack.eot,
-        "n_images": preset.num_images,
-        **PRESET_EXTRAS[preset.dataset],
-    }
-    classifier = (
-        load_preset_classifier(preset, args.classifier_checkpoint)
-        if args.classifier_checkpoint
-        else torch.nn.Identity()
-    )
-    return Setup(
-        preset.dataset,
-        load_preset_diffusion(preset, args.diffusion_checkpoint, args.convention),
-        classifier,
-        x,
-        y,
-        stats,
-        defaults,
-        purifier_kwargs={m.method: m.kwargs() for m in preset.methods},
-    )
-
-
-def load_setup(args: argparse.Namespace, split: str = "test") -> Setup:
-    if args.preset == "digits":
-        return embedded_setup(args, split)
-    from .presets import list_presets
-
-    if args.preset not in list_presets():
+def check_device(name: str) -> torch.device:
+    """The requested device, or a ``CommandError`` before any work if this build lacks it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise CommandError(f"--device {name!r} is not a device torch knows ({err})") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise CommandError(
-            f"unknown preset {args.preset!r}; choose from digits, {', '.join(list_presets())}"
+            f"--device {name}: this torch build has no usable CUDA device; use --device cpu"
         )
-    return preset_setup(args, split)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CommandError(f"--device {name}: MPS is not available here; use --device cpu")
+    return device
+
+
+def check_out_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder and prove it writable before any work."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file; give a folder for the results")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".art-ssni-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise CommandError(f"cannot write to --out {out}: {err.strerror or err}") from err
+    return out
+
+
+def check_out_file(path: str | os.PathLike) -> Path:
+    """Check that a result file can be written (folder writable, not a folder) before work."""
+    out = Path(path)
+    if out.is_dir():
+        raise CommandError(f"--out {out} is a folder; give a file name such as stats.safetensors")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise CommandError(f"cannot write --out {out}: {out.parent} is a file, not a folder")
+    check_out_dir(out.parent)
+    return out
 
 
 def _settings(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
@@ -315,7 +290,47 @@ def _settings(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
         value = getattr(args, name, None)
         if value is not None:
             settings[name] = value
+    if getattr(args, "n_images", None) is None:
+        settings["n_images"] = min(settings["n_images"], int(setup.x.shape[0]))
+    if getattr(args, "method", None) == "gns":
+        settings.update(_gns_settings(args, setup))
+    if args.quick and getattr(args, "step", None) is None:
+        settings["step"] = max(
+            settings["step"], quick_step(settings["eps"], settings["iterations"])
+        )
+    if settings.get("tau") is None and setup.stats is not None:
+        settings["tau"] = setup.stats.std
     return settings
+
+
+def quick_step(eps: float, iterations: int) -> float:
+    """A step with which ``iterations`` steps can cross the ball: 2.5 eps / iterations
+    (Madry et al. 2018), so a smoke run's attack reaches the budget."""
+    return 2.5 * eps / iterations
+
+
+def _gns_settings(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
+    """GNS runs its stage schedule: --t-star/--steps do not apply, and what is recorded is
+    the schedule and its reference level (the largest stage), which SSNI scales."""
+    flags = (("--t-star", "t_star"), ("--steps", "steps"))
+    given = [flag for flag, name in flags if getattr(args, name, None)]
+    if given:
+        raise CommandError(
+            f"--method gns runs its published stage schedule; {' and '.join(given)} do not "
+            "apply to it (its reference level t* is its largest stage)"
+        )
+    from .purification.methods import GNS_CIFAR10_STAGES, GNS_SURROGATE_STAGES
+
+    kwargs = setup.purifier_kwargs.get("gns", {})
+    stages = [list(map(int, s)) for s in kwargs.get("stages", GNS_CIFAR10_STAGES)]
+    surrogate = [list(map(int, s)) for s in kwargs.get("surrogate_stages", GNS_SURROGATE_STAGES)]
+    return {
+        "t_star": int(kwargs.get("t_star") or max(t for t, _ in stages)),
+        "steps": None,
+        "surrogate_steps": None,
+        "stages": stages,
+        "surrogate_stages": surrogate,
+    }
 
 
 def _policy(noise: str, setup: Setup, settings: dict[str, Any], eps_norm: EPSNorm | None):
@@ -328,8 +343,7 @@ def _policy(noise: str, setup: Setup, settings: dict[str, Any], eps_norm: EPSNor
     t_star, bias = settings["t_star"], settings["bias"]
     if noise == "ssni-l":
         return SSNILinear(eps_norm, setup.stats, t_star, bias)
-    tau = settings["tau"] if settings["tau"] is not None else setup.stats.std
-    return SSNISigmoid(eps_norm, setup.stats, t_star, bias, tau)
+    return SSNISigmoid(eps_norm, setup.stats, t_star, bias, settings["tau"])
 
 
 def build_rows(args: argparse.Namespace, setup: Setup, settings: dict[str, Any]) -> list[Row]:
@@ -346,7 +360,9 @@ def build_rows(args: argparse.Namespace, setup: Setup, settings: dict[str, Any])
     rows = []
     if not args.no_baseline:
         undefended = DefendedClassifier(None, classifier, setup.mean, setup.std)
-        rows.append(Row("none-pgd", "No defence", undefended, "pgd-eot", {**attack, "eot": 1}))
+        asked = [a for a in args.attack if a != "selector-aware"] or ["pgd-eot"]
+        key = "none-pgd" if asked[0] == "pgd-eot" else f"none-{asked[0]}"
+        rows.append(Row(key, "No defence", undefended, asked[0], {**attack, "eot": 1}))
     eps_norm = EPSNorm(diffusion, settings["num_levels"]) if setup.stats is not None else None
     method = METHODS[args.method]
     label = {"diffpure": "DiffPure", "gdmp": "GDMP", "gns": "GNS"}[args.method]
@@ -394,16 +410,55 @@ def _distributed() -> tuple[int, int]:
     return torch.distributed.get_rank(), world
 
 
+def evaluate(
+    diffusion: DiffusionModel,
+    classifier: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    out: str | os.PathLike,
+    stats: ReferenceStats | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **options: Any,
+) -> dict[str, Any] | None:
+    """``art-ssni evaluate`` on your own models and tensors; returns the results dict
+    (``None`` on ranks other than 0 under ``torchrun``).
+
+    ``options`` are the command's flags with underscores (``noise="fixed,ssni-n"``,
+    ``attack="pgd-eot"``, ``eps="8/255"``, ``t_star=100``, ``runs=3``, ``no_baseline=True``,
+    ...), parsed and checked exactly as on the command line; defaults are the embedded
+    default's. ``classifier`` takes images in [0, 1] (or give ``mean``/``std``).
+    """
+    argv = ["evaluate", "--out", os.fspath(out)]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is not False and value is not None:
+            argv += [flag, ",".join(value) if isinstance(value, (list, tuple)) else str(value)]
+    args = build_parser().parse_args(argv)
+    preflight(args)
+    defaults = {**DIGITS_DEFAULTS, "n_images": int(x.shape[0])}
+    setup = Setup("user", diffusion, classifier, x, y, stats, defaults, mean, std)
+    return run_evaluation(args, setup)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    setup = load_setup(args)
+    run_evaluation(args, load_setup(args))
+    return 0
+
+
+def run_evaluation(args: argparse.Namespace, setup: Setup) -> dict[str, Any] | None:
+    """The evaluation behind ``art-ssni evaluate``; the results on rank 0, else ``None``."""
     settings = _settings(args, setup)
     index = _subset(setup.x.shape[0], settings["n_images"], args.seed)
     x, y = setup.x[index], setup.y[index]
     rank, world = _distributed()
     rows = build_rows(args, setup, settings)
     out = Path(args.out)
-    if args.overwrite and rank == 0 and out.exists():
-        shutil.rmtree(out)
+    if args.overwrite and rank == 0:
+        clear_run_dir(out)
     barrier(world)
     config = {
         "preset": args.preset,
@@ -414,56 +469,81 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "rows": [row.key for row in rows],
         "indices": index.tolist(),
+        "stats": setup.stats.digest() if setup.stats is not None else None,
+        "save_adversarial": args.save_adversarial,
         **{k: v for k, v in settings.items() if k != "batch_size"},
         "batch_size": settings["batch_size"],
     }
-    evaluation = Evaluation(
-        out,
-        config,
-        batch_size=settings["batch_size"],
-        draws=settings["draws"],
-        seed=args.seed,
-        rank=rank,
-        world=world,
-        progress=not args.no_progress,
-    )
-    if rank == 0:
-        evaluation.check_config()
-    barrier(world)
-    merged = evaluation.run(rows, x, y)
+    all_results = []
+    for run in range(args.runs):
+        # The paper's runs: the same images, a fresh seed for the attack and the defence.
+        run_out = out if args.runs == 1 else out / f"run_{run}"
+        seed = args.seed + run
+        evaluation = Evaluation(
+            run_out,
+            {**config, "run": run, "run_seed": seed} if args.runs > 1 else config,
+            batch_size=settings["batch_size"],
+            draws=settings["draws"],
+            seed=seed,
+            rank=rank,
+            world=world,
+            progress=not args.no_progress,
+            save_adversarial=args.save_adversarial,
+        )
+        if rank == 0:
+            if args.runs > 1:
+                mark_run_dir(out)
+            evaluation.check_config()
+        barrier(world)
+        merged = evaluation.run(rows, x, y)
+        if rank == 0:
+            all_results.append(_results(args, setup, settings, x, world, seed, merged))
     if rank != 0:
-        return 0
-    from .evaluation.report import format_table, write_report
+        return None
+    from .evaluation.report import combine_runs, format_table, write_report
 
-    results = {
+    if args.runs > 1:
+        for run, results in enumerate(all_results):
+            write_report(results, out / f"run_{run}")
+    results = all_results[0] if args.runs == 1 else combine_runs(all_results)
+    print(format_table(results))
+    written = write_report(results, out)
+    print("wrote " + ", ".join(str(p) for p in written.values()))
+    return results
+
+
+def _results(
+    args: argparse.Namespace,
+    setup: Setup,
+    settings: dict[str, Any],
+    x: torch.Tensor,
+    world: int,
+    seed: int,
+    rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    ssni = any(noise != "fixed" for noise in args.noise)
+    defence_keys = ["t_star", "steps", "surrogate_steps", "gradient", "num_levels"]
+    defence_keys += ["tau", "bias"] if ssni else []
+    defence_keys += ["stages", "surrogate_stages"]
+    return {
         "config": {
             "dataset": setup.name,
             "preset": args.preset,
             "n_images": int(x.shape[0]),
             "draws": settings["draws"],
-            "seed": args.seed,
+            "seed": seed,
             "processes": world,
+            "smoke": bool(args.quick),
             "attack": {k: settings[k] for k in ("norm", "eps", "iterations", "eot", "step")},
-            "defence": {
-                k: settings[k]
-                for k in (
-                    "t_star",
-                    "steps",
-                    "surrogate_steps",
-                    "gradient",
-                    "num_levels",
-                    "tau",
-                    "bias",
-                )
-            },
+            "defence": {k: settings[k] for k in defence_keys if k in settings},
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.device}",
         },
-        "rows": merged,
+        "rows": rows,
     }
-    print(format_table(results))
-    written = write_report(results, out)
-    print("wrote " + ", ".join(str(p) for p in written.values()))
-    return 0
+
+
+def _stderr_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def cmd_sanity(args: argparse.Namespace) -> int:
@@ -490,6 +570,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
         eot=settings["eot"],
         draws=settings["draws"],
         seed=args.seed,
+        progress=None if args.no_progress else _stderr_line,
     )
     report["defence"] = defended.method
     report["gradient"] = settings["gradient"]
@@ -518,11 +599,27 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def preflight(args: argparse.Namespace) -> None:
+    """Every check that needs no model or data: device, output, overwrite permission."""
+    check_device(args.device)
+    if args.command == "stats":
+        check_out_file(args.out)
+        return
+    out = Path(args.out)
+    if args.command == "evaluate" and args.overwrite:
+        try:
+            check_clearable(out)
+        except ValueError as err:
+            raise CommandError(str(err)) from err
+    check_out_dir(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     commands = {"evaluate": cmd_evaluate, "sanity": cmd_sanity, "stats": cmd_stats}
     try:
+        preflight(args)
         return commands[args.command](args)
     except (CommandError, ValueError, FileNotFoundError) as err:
         print(f"art-ssni: error: {err}", file=sys.stderr)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from art.defences.preprocessor.preprocessor import PreprocessorPyTorch
+from art.estimators.classification import PyTorchClassifier
 
 from .diffusion.model import DiffusionModel
 from .purification.engine import Purifier
@@ -19,8 +20,11 @@ from .purification.methods import GDMP, GNS, DiffPure
 
 
 class _PurificationPreprocessor(PreprocessorPyTorch):
+    """ART preprocessing defence around a purifier; ART's own keywords mean what they mean in
+    ART's defences (``apply_fit``, ``apply_predict``, ``clip_values``, ``channels_first``)."""
+
     purifier_class: type[Purifier]
-    params = ["purifier", "eot_samples", "batch_size"]
+    params = ["purifier", "eot_samples", "batch_size", "clip_values", "channels_first"]
 
     def __init__(
         self,
@@ -29,14 +33,50 @@ class _PurificationPreprocessor(PreprocessorPyTorch):
         eot_samples: int = 1,
         batch_size: int = 128,
         device_type: str = "gpu",
+        clip_values: tuple[float, float] | None = None,
+        channels_first: bool = True,
+        apply_fit: bool = False,
+        apply_predict: bool = True,
         **purifier_kwargs: Any,
     ) -> None:
         super().__init__(
-            device_type=device_type, is_fitted=True, apply_fit=False, apply_predict=True
+            device_type=device_type,
+            is_fitted=True,
+            apply_fit=apply_fit,
+            apply_predict=apply_predict,
         )
+        self.diffusion = diffusion
+        self.purifier_kwargs = dict(purifier_kwargs)
         self.purifier = self.purifier_class(diffusion, **purifier_kwargs).to(self.device)
         self.eot_samples = eot_samples
         self.batch_size = batch_size
+        self.clip_values = clip_values
+        self.channels_first = channels_first
+        self._check_params()
+
+    def set_params(self, **kwargs: Any) -> None:
+        """Set this defence's parameters or rebuild the purifier with new constructor
+        arguments (``t_star``, ``gradient``, ``noise``, ...); an unknown name raises."""
+        import inspect
+
+        own = {k: v for k, v in kwargs.items() if k in self.params and k != "purifier"}
+        rebuild = {k: v for k, v in kwargs.items() if k not in own and k != "purifier"}
+        accepted = set(inspect.signature(self.purifier_class.__init__).parameters) - {"self"}
+        unknown = sorted(set(rebuild) - accepted)
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}.set_params: unknown parameters {unknown}; this defence "
+                f"takes {sorted(set(self.params) - {'purifier'})} and the purifier "
+                f"{sorted(accepted - {'diffusion'})}"
+            )
+        if "purifier" in kwargs:
+            self.purifier = kwargs["purifier"]
+        if rebuild:
+            merged = {**self.purifier_kwargs, **rebuild}
+            purifier = self.purifier_class(self.diffusion, **merged).to(self.device)
+            self.purifier, self.purifier_kwargs = purifier, merged
+        for key, value in own.items():
+            setattr(self, key, value)
         self._check_params()
 
     def _check_params(self) -> None:
@@ -48,14 +88,31 @@ class _PurificationPreprocessor(PreprocessorPyTorch):
             raise ValueError(f"batch_size must be an int, got {self.batch_size!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.clip_values is not None:
+            low, high = (float(v) for v in self.clip_values)
+            if not 0.0 <= low < high <= 1.0:
+                raise ValueError(
+                    f"clip_values must be (min, max) with 0 <= min < max <= 1, got "
+                    f"{self.clip_values!r} (the purifier works on images in [0, 1])"
+                )
+        if not isinstance(self.channels_first, bool):
+            raise ValueError(f"channels_first must be a bool, got {self.channels_first!r}")
 
     def forward(self, x: torch.Tensor, y: Any | None = None) -> tuple[torch.Tensor, Any | None]:
         """Purify x in [0, 1]; with labels under autograd, expand x and y ``eot_samples`` times.
 
         The expansion makes ART's loss the mean over EOT draws, so its gradient with
-        respect to the original x is the EOT average (Athalye et al. 2018).
+        respect to the original x is the EOT average (Athalye et al. 2018). ``clip_values``
+        clips x into range first (as ART's spatial smoothing clips); ``channels_first=False``
+        takes and returns NHWC.
         """
-        self.purifier.check_input(x)
+        if not self.channels_first:
+            if x.dim() != 4:
+                raise ValueError(f"channels_first=False expects NHWC images, got {tuple(x.shape)}")
+            x = x.permute(0, 3, 1, 2)
+        if self.clip_values is not None:
+            x = x.clamp(float(self.clip_values[0]), float(self.clip_values[1]))
+        self._check_range(x)
         if self.eot_samples > 1 and y is not None and torch.is_grad_enabled() and x.requires_grad:
             x = x.repeat_interleave(self.eot_samples, dim=0)
             y = (
@@ -67,7 +124,21 @@ class _PurificationPreprocessor(PreprocessorPyTorch):
         out = [
             self.purifier(chunk.to(self.device)) for chunk in torch.split(x, self.batch_size, dim=0)
         ]
-        return torch.cat(out).to(device=device, dtype=torch.float32).clamp(0, 1), y
+        out = torch.cat(out).to(device=device, dtype=torch.float32).clamp(0, 1)
+        return (out if self.channels_first else out.permute(0, 2, 3, 1)), y
+
+    def _check_range(self, x: torch.Tensor) -> None:
+        try:
+            self.purifier.check_input(x)
+        except ValueError as err:
+            if "values in [0, 1]" not in str(err) or not x.is_floating_point():
+                raise
+            raise ValueError(
+                f"{err}. If an ART attack produced these inputs, the classifier probably has "
+                "clip_values=None, so the attack's steps leave [0, 1]: create it with "
+                "PyTorchClassifier(..., clip_values=(0, 1)), or give this defence "
+                "clip_values=(0, 1)"
+            ) from err
 
 
 class DiffPurePyTorch(_PurificationPreprocessor):
@@ -86,3 +157,42 @@ class GNSPyTorch(_PurificationPreprocessor):
     """ART defence: :class:`~art_ssni.purification.GNS` (keyword arguments pass through)."""
 
     purifier_class = GNS
+
+
+class VotingPyTorchClassifier(PyTorchClassifier):
+    """An ART ``PyTorchClassifier`` whose ``predict`` is a majority vote over ``votes``
+    purifications, as the published methods predict (GNS: 10 votes, DAC: 20), in the spirit
+    of ART's randomized-smoothing estimators.
+
+    ``predict`` returns the fraction of the votes each class got (rows sum to 1; the argmax is
+    the majority label, ties to the smaller label). ``class_gradient`` averages over the
+    largest ``eot_samples`` of its purification defences, as their ``loss_gradient`` does.
+    """
+
+    def __init__(self, *args: Any, votes: int = 10, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if isinstance(votes, bool) or not isinstance(votes, int) or votes < 1:
+            raise ValueError(f"votes must be a positive int, got {votes!r}")
+        self.votes = votes
+
+    @property
+    def eot_samples(self) -> int:
+        defences = self.preprocessing_defences or []
+        return max([int(getattr(d, "eot_samples", 1)) for d in defences] + [1])
+
+    def predict(
+        self, x: np.ndarray, batch_size: int = 128, training_mode: bool = False, **kwargs: Any
+    ) -> np.ndarray:
+        counts = None
+        for _ in range(self.votes):
+            logits = super().predict(x, batch_size=batch_size, training_mode=training_mode)
+            one_hot = np.eye(logits.shape[1], dtype=np.float32)[logits.argmax(1)]
+            counts = one_hot if counts is None else counts + one_hot
+        return counts / self.votes
+
+    def class_gradient(self, x: np.ndarray, label: Any = None, **kwargs: Any) -> np.ndarray:
+        draws = self.eot_samples
+        total = super().class_gradient(x, label=label, **kwargs)
+        for _ in range(draws - 1):
+            total = total + super().class_gradient(x, label=label, **kwargs)
+        return total / draws

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 
@@ -49,3 +52,59 @@ def check_images(
             " (images in [0, 255] or [-1, 1] must be rescaled)"
         )
     return x
+
+
+def check_number(
+    value: object,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    integer: bool = False,
+) -> float | int:
+    """Check a numeric parameter: a real number (an int where ``integer``), finite, in range.
+
+    ``low``/``high`` are inclusive bounds (``low_open`` makes the lower one strict). Returns the
+    value as ``int`` or ``float``; raises ``ValueError`` naming the parameter otherwise, so a NaN,
+    an Inf or a truncated 40.7 never turns silently into another setting.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if integer:
+        if number != int(number):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        number = int(number)
+    bound = "(" if low_open else "["
+    where = f"{bound}{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+    if low is not None and (number <= low if low_open else number < low):
+        raise ValueError(f"{name} must lie in {where}, got {value!r}")
+    if high is not None and number > high:
+        raise ValueError(f"{name} must lie in {where}, got {value!r}")
+    return number
+
+
+def as_floating(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cast a floating tensor to ``dtype`` (differentiably: the gradient comes back in the
+    caller's dtype); refuse non-floating tensors with the README's ``ValueError``."""
+    if not x.is_floating_point():
+        raise ValueError(
+            f"images must be a floating-point tensor with values in [0, 1], got dtype {x.dtype}"
+            " (scale integer images to [0, 1] first)"
+        )
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def refuse_html(path: object, what: str) -> None:
+    """Raise ``ValueError`` if the file at ``path`` is an HTML page (a failed download)."""
+    with open(path, "rb") as handle:  # type: ignore[arg-type]
+        head = handle.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype", b"<html")):
+        raise ValueError(
+            f"{what} file {path} is an HTML page, not weights: the download saved an error or "
+            "confirmation page (Google Drive does this when its quota is exceeded); download "
+            "the file again and check its size"
+        )

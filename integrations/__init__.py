@@ -7,6 +7,9 @@
 Module names differ from the libraries' so they never shadow them.
 """
 
+from art_ssni._compat import import_torchvision
+
+from .autoattack_compat import install as install_autoattack
 from .robustbench_adapter import (
     MODEL_INFO_FIELDS,
     BenchmarkResult,
@@ -18,6 +21,9 @@ from .robustbench_adapter import (
 )
 from .torchattacks_adapter import BPDAEOT, JUDGES, PGDEOT, EOTAttack, SelectorAwarePGD
 
+import_torchvision()  # robustbench imports torchvision, which needs the shim on a CPU torch
+install_autoattack()
+
 __all__ = [
     "BPDAEOT",
     "JUDGES",
@@ -28,6 +34,7 @@ __all__ = [
     "SelectorAwarePGD",
     "benchmark_purified",
     "import_robustbench",
+    "install_autoattack",
     "load_classifier",
     "purified_model",
     "write_model_info",

@@ -12,9 +12,11 @@
   is for side-by-side comparison, never a leaderboard entry.
 
 robustbench 1.1.1 imports a module ``autoattack`` that is not on the package index;
-:func:`import_robustbench` aliases ``pyautoattack`` under that name (a real ``autoattack``
-install wins) so robustbench's loaders import. The alias serves imports only:
-``pyautoattack`` takes other arguments, so ``robustbench.benchmark`` itself still cannot run.
+importing ``integrations`` (or :func:`import_robustbench`) installs
+:mod:`integrations.autoattack_compat` under that name (a real ``autoattack`` install wins): the
+upstream constructor and ``run_standard_evaluation`` over ``pyautoattack``, so
+``robustbench.eval.benchmark`` runs. It runs AutoAttack standard and judges from one pass, the
+wrong protocol for a randomised defence; use :func:`benchmark_purified` for those.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import importlib
 import json
 import os
 import socket
-import sys
 import tempfile
 import types
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,8 @@ from art_ssni._compat import import_torchvision
 from art_ssni.evaluation.autoattack import autoattack_rand, format_eps
 from art_ssni.models.classifiers import _as_state_dict, _freeze, _read_checkpoint
 from art_ssni.models.defended import DefendedClassifier
+
+from .autoattack_compat import install as install_autoattack
 
 __all__ = [
     "BenchmarkResult",
@@ -80,14 +83,7 @@ _ONLINE_PROBE = ("drive.google.com", 443)
 def import_robustbench() -> types.ModuleType:
     """Import robustbench, with the torchvision shim and ``pyautoattack`` as ``autoattack``."""
     import_torchvision()
-    if "autoattack" not in sys.modules:
-        try:
-            importlib.import_module("autoattack")
-        except ModuleNotFoundError as err:
-            if err.name != "autoattack":
-                raise
-            sys.modules["autoattack"] = importlib.import_module("pyautoattack")
-            sys.modules["autoattack.state"] = importlib.import_module("pyautoattack.state")
+    install_autoattack()
     return importlib.import_module("robustbench")
 
 

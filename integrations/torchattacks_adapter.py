@@ -16,9 +16,11 @@ mode. This module adds:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchattacks import MultiAttack
 from torchattacks.attack import Attack
@@ -40,22 +42,55 @@ def _check_normalisation(attack: Attack) -> None:
         )
 
 
+def _refuse_normalisation(attack: Attack) -> None:
+    raise ValueError(
+        f"{type(attack).__name__} attacks images in [0, 1] and the DefendedClassifier "
+        "normalises them itself: give mean/std to DefendedClassifier(purifier, classifier, "
+        "mean, std) instead of calling set_normalization_used"
+    )
+
+
+class _TargetedObjective(nn.Module):
+    """Turns "reach class t" into the untargeted objective the engine's attacks ascend.
+
+    It returns two logits (0, -CE(f(x), t)) to be scored against label 0, whose cross-entropy
+    softplus(-CE(f(x), t)) grows exactly when CE(f(x), t) falls, with a gradient that is a
+    positive per-sample multiple of -grad CE(f(x), t): sign steps (Linf) and normalised
+    steps (L2) are those of targeted PGD. The purifier stays reachable for gradient modes and
+    the selector-aware term.
+    """
+
+    def __init__(self, model: nn.Module, targets: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.purifier = getattr(model, "purifier", None)
+        self.targets = targets
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(self.model(x), self.targets, reduction="none")
+        return torch.stack([torch.zeros_like(loss), -loss], dim=1)
+
+
 class PGDEOT(Attack):
     """PGD with EOT through the purifier's gradient mode (:func:`~art_ssni.evaluation.pgd_eot`).
 
-    ``alpha`` is the step size, ``steps`` the iterations and ``eot_iter`` the draws averaged per
-    gradient (paper defaults: 0.007, 200, 20). ``seed`` fixes the random start.
+    Arguments follow ``torchattacks.EOTPGD``: ``(model, eps=8/255, alpha=2/255, steps=10,
+    eot_iter=2, random_start=True)``, then keyword-only ``norm`` and ``seed`` (the random
+    start's seed). The SSNI paper's setting is ``alpha=0.007, steps=200, eot_iter=20``.
+    Targeted modes (``set_mode_targeted_random`` and the rest) descend the cross-entropy of
+    the target labels.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        norm: str = "Linf",
         eps: float = 8 / 255,
-        alpha: float = 0.007,
-        steps: int = 200,
-        eot_iter: int = 20,
-        random_start: bool = False,
+        alpha: float = 2 / 255,
+        steps: int = 10,
+        eot_iter: int = 2,
+        random_start: bool = True,
+        *,
+        norm: str = "Linf",
         seed: SeedLike = None,
     ) -> None:
         super().__init__(type(self).__name__, model)
@@ -72,7 +107,10 @@ class PGDEOT(Attack):
         self.eot_iter = eot_iter
         self.random_start = random_start
         self.seed = seed
-        self.supported_mode = ["default"]
+        self.supported_mode = ["default", "targeted"]
+
+    def set_normalization_used(self, mean, std) -> None:  # noqa: ANN001 (torchattacks' API)
+        _refuse_normalisation(self)
 
     def _kwargs(self) -> dict[str, object]:
         return {
@@ -85,21 +123,25 @@ class PGDEOT(Attack):
             "generator": self.seed,
         }
 
-    def _run(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return pgd_eot(self.model, images, labels, **self._kwargs())
+    def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return pgd_eot(model, images, labels, **self._kwargs())
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         _check_normalisation(self)
         images = images.clone().detach().to(self.device)
         labels = labels.clone().detach().to(self.device)
-        return self._run(images, labels)
+        if self.targeted:
+            targets = self.get_target_label(images, labels)
+            objective = _TargetedObjective(self.model, targets)
+            return self._run(objective, images, torch.zeros_like(labels))
+        return self._run(self.model, images, labels)
 
 
 class BPDAEOT(PGDEOT):
     """PGD+EOT with the purifier's backward replaced by the identity (:func:`bpda_eot`)."""
 
-    def _run(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return bpda_eot(self.model, images, labels, **self._kwargs())
+    def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return bpda_eot(model, images, labels, **self._kwargs())
 
 
 class SelectorAwarePGD(PGDEOT):
@@ -108,22 +150,23 @@ class SelectorAwarePGD(PGDEOT):
     def __init__(
         self,
         model: nn.Module,
-        norm: str = "Linf",
         eps: float = 8 / 255,
-        alpha: float = 0.007,
-        steps: int = 200,
-        eot_iter: int = 20,
-        random_start: bool = False,
+        alpha: float = 2 / 255,
+        steps: int = 10,
+        eot_iter: int = 2,
+        random_start: bool = True,
+        *,
+        norm: str = "Linf",
         seed: SeedLike = None,
         weight: float = 1.0,
     ) -> None:
-        super().__init__(model, norm, eps, alpha, steps, eot_iter, random_start, seed)
+        super().__init__(model, eps, alpha, steps, eot_iter, random_start, norm=norm, seed=seed)
         if not weight > 0:
             raise ValueError(f"selector weight must be positive, got {weight}")
         self.weight = weight
 
-    def _run(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return selector_aware_pgd(self.model, images, labels, weight=self.weight, **self._kwargs())
+    def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return selector_aware_pgd(model, images, labels, weight=self.weight, **self._kwargs())
 
 
 class EOTAttack(Attack):
@@ -173,6 +216,53 @@ class EOTAttack(Attack):
         self.supported_mode = ["default"]
         self.robust: torch.Tensor | None = None
         self.remaining: list[int] = []
+
+    def set_normalization_used(self, mean, std) -> None:  # noqa: ANN001 (torchattacks' API)
+        _refuse_normalisation(self)
+
+    def save(
+        self,
+        data_loader,  # noqa: ANN001 (torchattacks' API)
+        save_path: str | None = None,
+        verbose: bool = True,
+        return_verbose: bool = False,
+        save_predictions: bool = False,
+        save_clean_inputs: bool = False,
+        save_type: str = "float",
+    ) -> tuple[float, float, float] | None:
+        """torchattacks' ``save`` with this attack's multi-draw verdict: the robust accuracy is
+        the share of samples not fooled over ``n_draws`` passes (``self.robust``), never one
+        forward pass. Writes ``adv_inputs``, ``labels`` and ``robust`` (and, if asked, the
+        clean inputs and the majority-vote predictions) to ``save_path``."""
+        if save_type != "float":
+            raise ValueError("EOTAttack.save supports save_type='float' only")
+        start = time.perf_counter()
+        adv, labels, robust, clean, predictions = [], [], [], [], []
+        for inputs, batch_labels in data_loader:
+            x_adv = self(inputs, batch_labels).detach().cpu()
+            adv.append(x_adv)
+            labels.append(batch_labels.cpu())
+            robust.append(self.robust.cpu())
+            clean.append(inputs.cpu())
+            if save_predictions:
+                draws = predict_draws(self.model, x_adv, self.n_draws, batch_size=self.batch_size)
+                predictions.append(majority_vote(draws))
+        verdict = torch.cat(robust)
+        fooled = ~verdict
+        delta = (torch.cat(adv) - torch.cat(clean)).flatten(1)
+        rob_acc = 100.0 * float(verdict.float().mean())
+        l2 = float(delta[fooled].norm(dim=1).mean()) if fooled.any() else 0.0
+        elapsed = time.perf_counter() - start
+        if save_path is not None:
+            record = {"adv_inputs": torch.cat(adv), "labels": torch.cat(labels), "robust": verdict}
+            if save_clean_inputs:
+                record["clean_inputs"] = torch.cat(clean)
+            if save_predictions:
+                record["preds"] = torch.cat(predictions)
+            torch.save(record, save_path)
+        if verbose:
+            print(f"Robust accuracy over {self.n_draws} draws ({self.judge}): {rob_acc:.2f} %")
+        return (rob_acc, l2, elapsed) if return_verbose else None
 
     def fooled(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Boolean per sample: whether the defence is fooled, judged over ``n_draws`` passes."""

@@ -191,7 +191,7 @@ def test_cli_preset_setup_uses_the_method_settings(tmp_path, monkeypatch, cifar_
     import numpy as np
     from PIL import Image
 
-    from art_ssni import cli
+    from art_ssni import sources as cli
     from art_ssni.diffusion.model import DiffusionModel as DM
 
     for i, cls in enumerate(("cat", "dog", "ship")):

@@ -16,15 +16,35 @@ def test_readme_states_the_two_commands():
 
 def test_readme_examples_run(tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 5
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)
     out = capsys.readouterr().out
     assert "robust accuracy (one draw):" in out and "AutoAttack rand" in out
+    assert "purified: (1, 1, 8, 8) True True" in out
+    assert namespace["results"]["rows"][0]["key"] == "diffpure-fixed-pgd-eot"
+    assert (tmp_path / "runs/api/results.json").is_file()
     assert 0.0 <= namespace["robust_acc"] <= namespace["clean_acc"] <= 1.0
     assert namespace["x_adv"].shape == (16, 1, 8, 8)
     assert abs(namespace["x_adv"] - namespace["x"]).max() <= 0.2 + 1e-6
     info = tmp_path / "runs/robustbench/model_info/digits/Linf/digits-DiffPure-SSNI-N.json"
     assert info.is_file()
+
+
+def test_readme_commands_parse():
+    import shlex
+
+    from art_ssni.cli import build_parser
+
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words and words[0].endswith("art-ssni"):
+                commands.append(words[1:])
+    assert len(commands) >= 2
+    for words in commands:
+        if words:
+            build_parser().parse_args(words)

@@ -149,7 +149,9 @@ class DiffusionModel(nn.Module):
             digest.update(getattr(self.time_label, "__qualname__", "label").encode())
             for key, tensor in sorted(self.eps_net.state_dict().items()):
                 digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().data)
+                digest.update(
+                    tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().data
+                )
             self._fingerprint = f"{type(self.eps_net).__name__}:{digest.hexdigest()[:16]}"
         return self._fingerprint
 

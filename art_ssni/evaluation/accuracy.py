@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -60,3 +62,35 @@ def aggregate(predictions: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         "mean": correct.float().mean().item(),
         "worst": correct.all(0).float().mean().item(),
     }
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson 1927), 95 % by default.
+
+    centre = (p + z^2/2n) / (1 + z^2/n), half-width = z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n);
+    unlike p +- z sqrt(p(1-p)/n) it stays inside [0, 1] and is not empty at p = 0 or 1.
+    """
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def intervals(predictions: torch.Tensor, y: torch.Tensor) -> dict[str, list[float]]:
+    """95 % Wilson intervals of the single, vote and worst accuracies over the N images.
+
+    The draws are not independent trials of one image, so ``mean`` gets the interval of
+    its N-image average as well (a per-image rate, n = N).
+    """
+    correct = correct_draws(predictions, y)
+    n = int(y.shape[0])
+    hits = {
+        "single": int(correct[0].sum()),
+        "vote": int((majority_vote(predictions) == y.to(predictions.device)).sum()),
+        "mean": round(float(correct.float().mean()) * n),
+        "worst": int(correct.all(0).sum()),
+    }
+    return {name: list(wilson_interval(k, n)) for name, k in hits.items()}

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["COLUMN_NOTES", "format_table", "to_markdown", "write_report"]
+__all__ = ["COLUMN_NOTES", "combine_runs", "format_table", "to_markdown", "write_report"]
 
 COLUMN_NOTES: tuple[tuple[str, str], ...] = (
     ("method", "the defence (no defence, DiffPure at a fixed t*, or DiffPure with SSNI)."),
@@ -157,6 +157,12 @@ def to_markdown(results: Mapping[str, Any]) -> str:
     """Markdown report: configuration header, results table and column explanations."""
     config = results.get("config") or {}
     lines = ["# Adversarial purification results", ""]
+    if config.get("smoke"):
+        lines += [
+            "> **Smoke run (`--quick`)**: few images, iterations and draws; it checks that the "
+            "pipeline runs, and its accuracies are not results.",
+            "",
+        ]
     known = [
         ("Dataset", config.get("dataset")),
         ("Preset", config.get("preset")),
@@ -167,7 +173,7 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         ("Machine", config.get("machine")),
     ]
     lines += [f"- **{name}:** {value}" for name, value in known if value is not None]
-    shown = {"dataset", "preset", "n_images", "draws", "seed", "attack", "machine"}
+    shown = {"dataset", "preset", "n_images", "draws", "seed", "attack", "machine", "smoke"}
     lines += [f"- **{key}:** {value}" for key, value in config.items() if key not in shown]
 
     headers = _headers(results)
@@ -177,6 +183,8 @@ def to_markdown(results: Mapping[str, Any]) -> str:
     for row in results.get("rows", []):
         lines.append("| " + " | ".join(_md_cell(c) for c in _cells(row)) + " |")
 
+    lines += _interval_lines(results.get("rows", []))
+    lines += _runs_lines(results.get("rows", []), config.get("runs"))
     lines += ["", "## What each column means", ""]
     lines += [f"- **{name}**: {text}" for name, text in COLUMN_NOTES]
     lines.append(
@@ -184,6 +192,79 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         f"N = {config.get('draws', 'the number of')} draws of the randomised defence."
     )
     return "\n".join(lines) + "\n"
+
+
+def _interval(bounds: Sequence[float] | None) -> str:
+    if not bounds:
+        return "-"
+    return f"[{100.0 * float(bounds[0]):.1f}, {100.0 * float(bounds[1]):.1f}]"
+
+
+def _interval_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """95 % Wilson intervals (over the images) of each row's vote and worst-of-N accuracy."""
+    chosen = [row for row in rows if row.get("robust_ci95")]
+    if not chosen:
+        return []
+    lines = ["", "## 95% confidence intervals (Wilson, over the images)", ""]
+    lines.append("| method | attack | clean (vote) | robust vote | robust worst-of-N |")
+    lines.append("|---|---|---:|---:|---:|")
+    for row in chosen:
+        cells = [
+            str(row.get("method", "")),
+            str(row.get("attack", "")),
+            _interval((row.get("clean_ci95") or {}).get("vote")),
+            _interval(row["robust_ci95"].get("vote")),
+            _interval(row["robust_ci95"].get("worst")),
+        ]
+        lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+    return lines
+
+
+def _runs_lines(rows: Sequence[Mapping[str, Any]], runs: Any) -> list[str]:
+    """Mean ± sample standard deviation over repeated runs (the paper's protocol)."""
+    chosen = [row for row in rows if row.get("runs_std")]
+    if not chosen or not runs:
+        return []
+    lines = ["", f"## Mean ± standard deviation over {runs} runs", ""]
+    lines.append("| method | attack | clean (vote) | robust vote | robust worst-of-N |")
+    lines.append("|---|---|---:|---:|---:|")
+    for row in chosen:
+        std = row["runs_std"]
+        cells = [str(row.get("method", "")), str(row.get("attack", ""))]
+        for split, aggregation in (("clean", "vote"), ("robust", "vote"), ("robust", "worst")):
+            mean = _accuracy(row, split, aggregation)
+            spread = std.get(split, {}).get(aggregation)
+            cells.append(f"{100.0 * mean:.1f}±{100.0 * spread:.1f}")
+        lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+    return lines
+
+
+def combine_runs(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One results dict from several runs of the same rows: accuracies are the mean over
+    runs, ``runs_std`` their sample standard deviation, ``per_run`` every run's values."""
+    if not results:
+        raise ValueError("combine_runs needs at least one run")
+    keys = [[row["key"] for row in r["rows"]] for r in results]
+    if any(k != keys[0] for k in keys):
+        raise ValueError("the runs do not hold the same rows")
+    rows = []
+    for index, first in enumerate(results[0]["rows"]):
+        per_run = [r["rows"][index] for r in results]
+        row = {k: v for k, v in first.items() if not k.endswith("_ci95")}
+        row["runs_std"], row["per_run"] = {}, {}
+        for split in ("clean", "robust"):
+            row[split], row["runs_std"][split], row["per_run"][split] = {}, {}, {}
+            for aggregation in first[split]:
+                values = np.array([float(r[split][aggregation]) for r in per_run])
+                row[split][aggregation] = float(values.mean())
+                row["runs_std"][split][aggregation] = (
+                    float(values.std(ddof=1)) if values.size > 1 else 0.0
+                )
+                row["per_run"][split][aggregation] = values.tolist()
+        row["seconds_per_image"] = float(np.mean([r["seconds_per_image"] for r in per_run]))
+        rows.append(row)
+    config = {**results[0]["config"], "runs": len(results)}
+    return {"config": config, "rows": rows}
 
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:

@@ -10,10 +10,13 @@ and rank 0 merges the parts once all ranks are done.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .accuracy import aggregate, predict_draws
+from .accuracy import aggregate, intervals, predict_draws
 from .attacks import bpda_eot, pgd_eot, selector_aware_pgd
 
 
@@ -123,7 +126,13 @@ def _policy(model: nn.Module):
 
 
 def evaluate_batch(
-    row: Row, x: torch.Tensor, y: torch.Tensor, *, seed: int, draws: int
+    row: Row,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    seed: int,
+    draws: int,
+    save_adversarial: bool = False,
 ) -> dict[str, Any]:
     """Attack one batch, then judge clean and adversarial inputs over ``draws`` passes."""
     model = row.model
@@ -144,6 +153,8 @@ def evaluate_batch(
         "delta_linf": (x_adv - x).flatten(1).abs().max(1).values.cpu(),
         "delta_l2": (x_adv - x).flatten(1).norm(dim=1).cpu(),
     }
+    if save_adversarial:
+        record["x_adv"] = x_adv.detach().cpu()
     if purifier is not None:
         with torch.no_grad():
             record["levels_clean"] = purifier.levels(x, seed + 2).cpu()
@@ -175,6 +186,8 @@ def _merge(row: Row, parts: list[dict[str, Any]]) -> dict[str, Any]:
         "n": n,
         "clean": aggregate(cat("preds_clean"), y),
         "robust": aggregate(cat("preds_adv"), y),
+        "clean_ci95": intervals(cat("preds_clean"), y),
+        "robust_ci95": intervals(cat("preds_adv"), y),
         "max_delta_linf": float(cat("delta_linf").max()),
         "max_delta_l2": float(cat("delta_l2").max()),
         "seconds_per_image": sum(p["seconds"] for p in parts) / n,
@@ -203,6 +216,7 @@ class Evaluation:
         rank: int = 0,
         world: int = 1,
         progress: bool = True,
+        save_adversarial: bool = False,
     ) -> None:
         if batch_size < 1 or draws < 1:
             raise ValueError(f"batch_size and draws must be >= 1, got {batch_size}, {draws}")
@@ -214,6 +228,33 @@ class Evaluation:
         self.rank = rank
         self.world = world
         self.progress = progress and rank == 0
+        self.save_adversarial = save_adversarial
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the configuration: every unit file records the run it belongs to."""
+        text = json.dumps(self.config, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def unit_meta(self, key: str, batch: int, n: int) -> dict[str, Any]:
+        return {"row": key, "batch": batch, "n": n, "config": self.digest}
+
+    def load_unit(self, key: str, batch: int, n: int) -> dict[str, Any] | None:
+        """A finished unit's record, or ``None`` (with a warning naming the file) when it is
+        missing, unreadable, from another row or run, or does not hold its ``n`` samples."""
+        path = self.part_path(key, batch)
+        if not path.exists():
+            return None
+        try:
+            record = torch.load(path, weights_only=True)
+        except Exception as err:
+            problem = f"cannot be read ({type(err).__name__}: {err})"
+        else:
+            problem = _unit_problem(record, self.unit_meta(key, batch, n), self.draws)
+            if problem is None:
+                return record
+        warnings.warn(f"recomputing {path}: the unit file {problem}", stacklevel=2)
+        return None
 
     def check_config(self) -> None:
         """Record the configuration, or refuse to resume a different one."""
@@ -226,7 +267,21 @@ class Evaluation:
                     "choose another --out folder or pass --overwrite"
                 )
         elif self.rank == 0:
+            mark_run_dir(self.out_dir)
             atomic_write_bytes(path, text.encode())
+
+    def save_examples(self, key: str, parts: list[dict[str, Any]]) -> Path:
+        """Write a row's adversarial examples and labels to ``adversarial/<row>.pt``."""
+        missing = [i for i, p in enumerate(parts) if "x_adv" not in p]
+        if missing:
+            raise ValueError(f"units {missing} of row {key} hold no adversarial examples")
+        path = self.out_dir / "adversarial" / f"{key}.pt"
+        examples = {
+            "x_adv": torch.cat([p["x_adv"] for p in parts]),
+            "y": torch.cat([p["y"] for p in parts]),
+        }
+        _atomic_torch_save(examples, path)
+        return path
 
     def part_path(self, key: str, batch: int) -> Path:
         return self.out_dir / "parts" / key / f"batch_{batch:05d}.pt"
@@ -234,8 +289,12 @@ class Evaluation:
     def run(self, rows: Sequence[Row], x: torch.Tensor, y: torch.Tensor) -> list[dict] | None:
         """Evaluate every row; returns the merged rows on rank 0 (``None`` on other ranks)."""
         n_batches = (x.shape[0] + self.batch_size - 1) // self.batch_size
+
+        def size(b: int) -> int:
+            return min(self.batch_size, x.shape[0] - b * self.batch_size)
+
         units = [(row, b) for row in rows for b in range(n_batches) if b % self.world == self.rank]
-        todo = [(row, b) for row, b in units if not self.part_path(row.key, b).exists()]
+        todo = [(row, b) for row, b in units if self.load_unit(row.key, b, size(b)) is None]
         bar = tqdm(
             total=len(units),
             initial=len(units) - len(todo),
@@ -247,8 +306,14 @@ class Evaluation:
             bar.set_postfix_str(f"{row.key} batch {b}")
             part = slice(b * self.batch_size, (b + 1) * self.batch_size)
             record = evaluate_batch(
-                row, x[part], y[part], seed=unit_seed(self.seed, row.key, b), draws=self.draws
+                row,
+                x[part],
+                y[part],
+                seed=unit_seed(self.seed, row.key, b),
+                draws=self.draws,
+                save_adversarial=self.save_adversarial,
             )
+            record["meta"] = self.unit_meta(row.key, b, size(b))
             _atomic_torch_save(record, self.part_path(row.key, b))
             bar.update(1)
         bar.close()
@@ -257,11 +322,75 @@ class Evaluation:
             return None
         merged = []
         for row in rows:
-            parts = [
-                torch.load(self.part_path(row.key, b), weights_only=True) for b in range(n_batches)
-            ]
+            parts = []
+            for b in range(n_batches):
+                record = self.load_unit(row.key, b, size(b))
+                if record is None:
+                    raise ValueError(
+                        f"unit {self.part_path(row.key, b)} is missing or invalid after the run; "
+                        "rerun to recompute it"
+                    )
+                parts.append(record)
             merged.append(_merge(row, parts))
+            if self.save_adversarial:
+                self.save_examples(row.key, parts)
         return merged
+
+
+def _unit_problem(record: Any, meta: dict[str, Any], draws: int) -> str | None:
+    """Why a loaded unit does not belong where it lies, or ``None`` when it does."""
+    if not isinstance(record, dict) or not isinstance(record.get("meta"), dict):
+        return "records no row, batch and configuration (written by another version?)"
+    found = record["meta"]
+    wrong = [f"{k} {found.get(k)!r} (expected {v!r})" for k, v in meta.items() if found.get(k) != v]
+    if wrong:
+        return "belongs elsewhere: " + ", ".join(wrong)
+    n = meta["n"]
+    shapes = {"y": (n,), "preds_clean": (draws, n), "preds_adv": (draws, n)}
+    for name, shape in shapes.items():
+        value = record.get(name)
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else value
+            return f"holds {name} of shape {got}, expected {shape}"
+    return None
+
+
+RUN_MARKER = ".art-ssni-run"
+
+
+def mark_run_dir(out_dir: str | os.PathLike) -> None:
+    """Mark ``out_dir`` as written by an evaluation, so that ``--overwrite`` may clear it."""
+    atomic_write_bytes(Path(out_dir) / RUN_MARKER, b"art-ssni evaluation output\n")
+
+
+def clear_run_dir(out_dir: str | os.PathLike) -> None:
+    """Delete a previous evaluation's folder; refuse one that is not ours.
+
+    Only a folder carrying our marker or a ``config.json`` (a run of ours) is removed; an
+    empty folder is left as it is; anything else raises ``ValueError``, since deleting it
+    could destroy the user's files.
+    """
+    out = Path(out_dir)
+    if check_clearable(out):
+        shutil.rmtree(out)
+
+
+def check_clearable(out_dir: str | os.PathLike) -> bool:
+    """Whether ``out_dir`` holds a previous run of ours (``False``: nothing to clear); raise
+    ``ValueError`` for a file or a folder holding anything else."""
+    out = Path(out_dir)
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose a folder for the results")
+    if (out / RUN_MARKER).is_file() or (out / "config.json").is_file():
+        return True
+    if any(out.iterdir()):
+        raise ValueError(
+            f"--overwrite refuses to delete {out}: it holds files that no art-ssni evaluation "
+            "wrote (no config.json or .art-ssni-run marker); choose another --out folder"
+        )
+    return False
 
 
 def barrier(world: int) -> None:

@@ -7,7 +7,7 @@ should beat random noise of the same size, and the undefended classifier should 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -52,23 +52,38 @@ def sanity_checks(
     iteration_multipliers: Sequence[float] = (0.5, 1, 2),
     seed: int = 0,
     tolerance: float = 0.05,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every check; each verdict is reported with the numbers behind it."""
+    """Run every check; each verdict is reported with the numbers behind it.
+
+    ``progress`` receives one line before each of the attacks (they take most of the time).
+    """
     attack = {"norm": norm, "iterations": iterations, "eot": eot, "generator": seed}
+    total = len(eps_multipliers) + len(iteration_multipliers) + 2
+    done = iter(range(1, total + 1))
+
+    def announce(what: str) -> None:
+        if progress is not None:
+            progress(f"sanity attack {next(done)}/{total}: {what}")
+
     by_eps = []
     for m in eps_multipliers:
         e = min(eps * m, 1.0)
+        announce(f"eps = {e:g}")
         x_adv = pgd_eot(model, x, y, **{**attack, "eps": e, "step": step * e / eps})
         by_eps.append({"eps": e, "robust_vote": _vote(model, x_adv, y, draws)})
     by_iterations = []
     for m in iteration_multipliers:
         n = max(1, round(iterations * m))
+        announce(f"{n} iterations")
         x_adv = pgd_eot(model, x, y, **{**attack, "iterations": n, "eps": eps, "step": step})
         by_iterations.append({"iterations": n, "robust_vote": _vote(model, x_adv, y, draws)})
     noisy = random_perturbation(x, norm, eps, as_generator(seed + 1, x.device))
+    announce("the defence at eps")
     x_adv = pgd_eot(model, x, y, **{**attack, "eps": eps, "step": step})
     attacked = _vote(model, x_adv, y, draws)
     random_acc = _vote(model, noisy, y, draws)
+    announce("the undefended classifier")
     x_und = pgd_eot(undefended, x, y, **{**attack, "eot": 1, "eps": eps, "step": step})
     undefended_acc = _vote(undefended, x_und, y, 1)
     iteration_accs = [r["robust_vote"] for r in by_iterations]

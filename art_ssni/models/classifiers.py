@@ -121,9 +121,10 @@ def _read_checkpoint(path: Path, what: str) -> object:
         raise ValueError(
             f"could not read {what} file {path} ({size} bytes): it is truncated or corrupt ({err})"
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:
         raise ValueError(
-            f"could not read {what} file {path} ({size} bytes): it is truncated or corrupt; "
+            f"could not read {what} file {path} ({size} bytes): it is truncated or corrupt (or not "
+            "a torch.save file); "
             f"download it again ({err})"
         ) from err
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..validation import check_images
+from ..validation import as_floating, check_images
 
 
 class DefendedClassifier(nn.Module):
@@ -72,9 +72,19 @@ class DefendedClassifier(nn.Module):
         out = self.purifier(big.clamp(0, 1))
         return F.interpolate(out, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The classifier's floating dtype (float32 for a parameter-free classifier)."""
+        for param in self.classifier.parameters():
+            if param.is_floating_point():
+                return param.dtype
+        return torch.float32
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for x in [0, 1]; floating inputs of any dtype are cast to the classifier's
+        (differentiably, so gradients come back in the caller's dtype)."""
         check_images(x)
-        z = self.purify(x)
+        z = self.purify(as_floating(x, self.dtype))
         if self.mean is not None:
             z = (z - self.mean) / self.std
         return self.classifier(z)

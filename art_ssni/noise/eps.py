@@ -7,6 +7,7 @@ where the averaged score is small, perturbed ones further away.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .._rng import SeedLike, as_generator, randn
 from ..diffusion.model import DiffusionModel
-from ..validation import check_images
+from ..validation import as_floating, check_images, check_number
 
 _FORMAT = "art-ssni-reference-stats/1"
 
@@ -33,10 +34,9 @@ class EPSNorm:
     def __init__(
         self, diffusion: DiffusionModel, num_levels: int = 20, *, batch_size: int = 1024
     ) -> None:
-        if not 1 <= num_levels <= diffusion.schedule.num_steps:
-            raise ValueError(
-                f"num_levels must lie in [1, {diffusion.schedule.num_steps}], got {num_levels}"
-            )
+        check_number(
+            num_levels, "num_levels", low=1, high=diffusion.schedule.num_steps, integer=True
+        )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.diffusion = diffusion
@@ -49,6 +49,7 @@ class EPSNorm:
         check_images(
             x, channels=shape[0] if shape else None, size=tuple(shape[1:]) if shape else None
         )
+        x = as_floating(x, self.diffusion.dtype)
         generator = as_generator(generator, x.device)
         b, levels = x.shape[0], self.num_levels
         noise = randn(
@@ -190,13 +191,32 @@ class ReferenceStats:
             ) from err
         if metadata.get("format") != _FORMAT or "norms" not in tensors:
             raise ValueError(f"{path} is not an art-ssni reference statistics file")
+        needed = ("model", "schedule", "num_levels", "image_shape")
+        missing = [k for k in needed if k not in metadata]
+        if missing:
+            raise ValueError(f"{path} lacks the metadata {missing}: it is incomplete or edited")
+        try:
+            num_levels = int(metadata["num_levels"])
+            image_shape = tuple(int(d) for d in json.loads(metadata["image_shape"]))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path} has unreadable metadata: {err}") from err
+        if len(image_shape) != 3:
+            raise ValueError(f"{path} records image_shape {image_shape}, expected (C, H, W)")
         return cls(
             norms=tensors["norms"],
             model=metadata["model"],
             schedule=metadata["schedule"],
-            num_levels=int(metadata["num_levels"]),
-            image_shape=tuple(json.loads(metadata["image_shape"])),
+            num_levels=num_levels,
+            image_shape=image_shape,
         )
+
+    def digest(self) -> str:
+        """SHA-256 of the norms and the setup: a run records which statistics it used."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps([self.model, self.schedule, self.num_levels]).encode())
+        digest.update(json.dumps(list(self.image_shape)).encode())
+        digest.update(self.norms.detach().cpu().float().contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def summary(self) -> dict[str, float]:
         return {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .._rng import SeedLike
+from ..validation import check_number
 from .eps import EPSNorm, ReferenceStats
 
 
@@ -30,14 +31,14 @@ class _SSNIPolicy:
         stats.check(eps_norm)
         num_steps = eps_norm.diffusion.schedule.num_steps
         t_max = num_steps if t_max is None else t_max
-        if isinstance(t_star, bool) or not isinstance(t_star, int) or t_star < 1:
-            raise ValueError(f"t_star must be a positive int, got {t_star!r}")
-        if not 0 < t_max <= num_steps:
-            raise ValueError(f"t_max must lie in [1, {num_steps}], got {t_max}")
+        if isinstance(t_star, bool) or not isinstance(t_star, int):
+            raise ValueError(f"t_star must be an int, got {t_star!r}")
+        check_number(t_star, "t_star", low=1, high=num_steps, integer=True)
+        check_number(t_max, "t_max", low=1, high=num_steps, integer=True)
         self.eps_norm = eps_norm
         self.stats = stats
         self.t_star = t_star
-        self.bias = float(bias)
+        self.bias = float(check_number(bias, "bias (steps)", low=-num_steps, high=num_steps))
         self.t_max = int(t_max)
 
     def scores(self, x: torch.Tensor, generator: SeedLike = None) -> torch.Tensor:
@@ -103,8 +104,9 @@ class SSNISigmoid(_SSNIPolicy):
         t_max: int | None = None,
     ) -> None:
         super().__init__(eps_norm, stats, t_star, bias, t_max)
-        if tau is None or not tau > 0:
-            raise ValueError(f"tau must be a positive number (the sigmoid temperature), got {tau}")
+        if tau is None:
+            raise ValueError("tau must be a positive number (the sigmoid temperature), got None")
+        check_number(tau, "tau (the sigmoid temperature)", low=0.0, low_open=True)
         self.tau = float(tau)
 
     def reweight(self, eps: torch.Tensor) -> torch.Tensor:

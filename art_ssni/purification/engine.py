@@ -26,7 +26,7 @@ from .._rng import SeedLike, as_generator, randn
 from ..diffusion.model import DiffusionModel
 from ..diffusion.sampler import SAMPLERS, Guide, sample
 from ..noise.fixed import FixedNoise
-from ..validation import check_images
+from ..validation import check_images, check_number
 
 GRADIENT_MODES = ("full", "surrogate", "bpda")
 Stages = tuple[tuple[int, int], ...]
@@ -34,7 +34,13 @@ NoisePolicy = Callable[..., torch.Tensor]
 
 
 def _as_stages(stages: Sequence[Sequence[int]], what: str) -> Stages:
-    out = tuple((int(t), int(k)) for t, k in stages)
+    out = tuple(
+        (
+            check_number(t, f"{what} level", low=1, integer=True),
+            check_number(k, f"{what} steps", low=1, integer=True),
+        )
+        for t, k in stages
+    )
     if not out:
         raise ValueError(f"{what} must hold at least one (level, steps) pair")
     for t, k in out:
@@ -67,12 +73,9 @@ class Purifier(nn.Module):
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         if sampler == "sde" and (eta is not None or clip_denoised):
             raise ValueError("the 'sde' sampler takes neither eta nor clip_denoised")
-        if eta is not None and not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must lie in [0, 1], got {eta}")
-        if not 1 <= t_star <= diffusion.schedule.num_steps:
-            raise ValueError(
-                f"t_star must lie in [1, {diffusion.schedule.num_steps}], got {t_star}"
-            )
+        if eta is not None:
+            check_number(eta, "eta", low=0.0, high=1.0)
+        check_number(t_star, "t_star", low=1, high=diffusion.schedule.num_steps, integer=True)
         self.diffusion = diffusion
         self.t_star = int(t_star)
         self.stages = _as_stages(stages, "stages")
@@ -110,12 +113,26 @@ class Purifier(nn.Module):
         generator = self._generator(generator)
         with torch.no_grad():
             levels = self.noise(x.to(self.diffusion.dtype), generator=generator)
-        levels = torch.as_tensor(levels, device=x.device).long()
+        levels = torch.as_tensor(levels, device=x.device)
         if levels.shape != (x.shape[0],):
             raise ValueError(
                 f"noise policy returned shape {tuple(levels.shape)} for {x.shape[0]} samples"
             )
-        return levels.clamp(0, self.diffusion.schedule.num_steps)
+        return self._check_levels(levels)
+
+    def _check_levels(self, levels: torch.Tensor) -> torch.Tensor:
+        """The policy's levels as a LongTensor; a level that is not a whole number in [0, N]
+        is the policy's error, never mapped silently (NaN -> 0 would mean no purification)."""
+        top = self.diffusion.schedule.num_steps
+        values = levels.detach().double()
+        bad = ~torch.isfinite(values) | (values < 0) | (values > top) | (values != values.round())
+        if bool(bad.any()):
+            raise ValueError(
+                f"noise policy {self.noise!r} returned levels {values[bad][:5].tolist()} "
+                f"outside the whole numbers 0..{top} (for {int(bad.sum())} of "
+                f"{values.numel()} samples)"
+            )
+        return levels.long()
 
     def stage_levels(
         self, levels: torch.Tensor, stages: Stages | None = None
@@ -133,13 +150,23 @@ class Purifier(nn.Module):
         wants_grad = torch.is_grad_enabled() and x.requires_grad
         if not wants_grad:
             with torch.no_grad():
-                return self.purify(x, levels, self.stages, generator)
+                return self._check_output(self.purify(x, levels, self.stages, generator))
         if self.gradient == "bpda":
             with torch.no_grad():
-                purified = self.purify(x, levels, self.stages, generator)
+                purified = self._check_output(self.purify(x, levels, self.stages, generator))
             return x + (purified - x).detach()
         stages = self.surrogate_stages if self.gradient == "surrogate" else self.stages
-        return self.purify(x, levels, stages, generator, checkpoint=True)
+        return self._check_output(self.purify(x, levels, stages, generator, checkpoint=True))
+
+    def _check_output(self, out: torch.Tensor) -> torch.Tensor:
+        """Raise instead of returning NaN or Inf images (a diverged network or guidance)."""
+        finite = torch.isfinite(out.detach())
+        if not bool(finite.all()):
+            raise ValueError(
+                f"{type(self).__name__} produced {int((~finite).sum())} non-finite values: the "
+                "diffusion network or the guidance diverged (check its weights and settings)"
+            )
+        return out
 
     def purify(
         self,

@@ -9,6 +9,7 @@ import torch
 from .._rng import SeedLike
 from ..diffusion.model import DiffusionModel
 from ..diffusion.sampler import Guide
+from ..validation import check_number
 from .engine import NoisePolicy, Purifier
 from .guidance import GUIDANCE_DISTANCES, distance_gradient
 
@@ -79,14 +80,12 @@ class GDMP(Purifier):
         clip_denoised: bool | None = None,
         generator: SeedLike = None,
     ) -> None:
-        if runs < 1:
-            raise ValueError(f"runs must be >= 1, got {runs}")
+        check_number(runs, "runs", low=1, integer=True)
         if guidance != "none" and guidance not in GUIDANCE_DISTANCES:
             raise ValueError(
                 f"guidance must be 'none' or one of {sorted(GUIDANCE_DISTANCES)}, got {guidance!r}"
             )
-        if not guidance_scale >= 0 or guidance_scale == float("inf"):
-            raise ValueError(f"guidance_scale must be finite and >= 0, got {guidance_scale}")
+        check_number(guidance_scale, "guidance_scale", low=0.0)
         if guidance != "none" and sampler == "sde":
             raise ValueError("GDMP guidance needs a DDIM-form sampler ('ddpm' or 'ddim')")
         if clip_denoised is None:
@@ -160,8 +159,7 @@ class GNS(Purifier):
         clip_denoised: bool = False,
         generator: SeedLike = None,
     ) -> None:
-        if votes < 1:
-            raise ValueError(f"votes must be >= 1, got {votes}")
+        check_number(votes, "votes", low=1, integer=True)
         t_star = t_star if t_star is not None else max(int(t) for t, _ in stages)
         super().__init__(
             diffusion,

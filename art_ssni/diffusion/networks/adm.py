@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ...validation import refuse_html
+
 __all__ = [
     "GUIDED_DIFFUSION_256_UNCOND",
     "ADMUNet",
@@ -450,6 +452,7 @@ def _read_state_dict(path: Path, map_location: str | torch.device) -> Any:
         raise FileNotFoundError(f"guided-diffusion checkpoint not found: {path}")
     if not path.is_file():
         raise ValueError(f"guided-diffusion checkpoint {path} is not a regular file")
+    refuse_html(path, "guided-diffusion checkpoint")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...validation import refuse_html
+
 __all__ = ["NCSNpp", "load_score_sde_checkpoint"]
 
 _PREFIX = "module."
@@ -303,6 +305,7 @@ def _read_checkpoint(source: Any, map_location: Any) -> Any:
     path = os.fspath(source)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"score_sde checkpoint not found: {path}")
+    refuse_html(path, "score_sde checkpoint")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
