@@ -348,6 +348,23 @@ def _eps_and_image(model: DiffusionModel, setup: Setup) -> tuple[torch.Tensor, t
     return eps, image
 
 
+def layout_row(setup: Setup, device: torch.device, dtype: torch.dtype, batch: int, repeats: int):
+    """Milliseconds of one network call in NCHW and in channels_last, timed alternately."""
+    models = {
+        layout: build_model(setup, device, dtype, {"channels_last": layout == "channels_last"})
+        for layout in ("contiguous", "channels_last")
+    }
+    x = 2 * images(batch, setup.image_size, device, seed=6) - 1
+    t = torch.full((batch,), 100, device=device)
+    times: dict[str, list[float]] = {layout: [] for layout in models}
+    with torch.no_grad():
+        for _ in range(repeats):
+            for layout, model in models.items():
+                times[layout].append(1e3 * timed(lambda m=model: m.eps(x, t), device, 1))
+    row = {f"{layout}_ms": statistics.median(values) for layout, values in times.items()}
+    return {"batch": batch, **row, "speedup": row["contiguous_ms"] / row["channels_last_ms"]}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     name = device_name(device)
@@ -390,6 +407,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "matmul": measured_peak_tflops(device, dtype, matmul_n),
             }
             entry.setdefault("matmul_peak_tflops", {})[label] = peaks["matmul"]
+            entry.setdefault("channels_last", {})[label] = layout_row(
+                setup, device, dtype, max(setup.batches), max(5, args.repeats)
+            )
             methods = purifiers(model, setup, device)
             for batch in setup.batches:
                 x = images(batch, setup.image_size, device, seed=1)
