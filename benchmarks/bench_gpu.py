@@ -348,21 +348,38 @@ def _eps_and_image(model: DiffusionModel, setup: Setup) -> tuple[torch.Tensor, t
     return eps, image
 
 
-def layout_row(setup: Setup, device: torch.device, dtype: torch.dtype, batch: int, repeats: int):
-    """Milliseconds of one network call in NCHW and in channels_last, timed alternately."""
-    models = {
-        layout: build_model(setup, device, dtype, {"channels_last": layout == "channels_last"})
-        for layout in ("contiguous", "channels_last")
-    }
+CALL_VARIANTS = {
+    "contiguous": {},
+    "channels_last": {"channels_last": True},
+    "compiled": {"compile": True},
+}
+
+
+def call_variants_row(
+    setup: Setup,
+    device: torch.device,
+    dtype: torch.dtype,
+    batch: int,
+    repeats: int,
+    variants: Sequence[str] = ("contiguous", "channels_last"),
+) -> dict[str, float]:
+    """Milliseconds of one network call per variant (layout, compilation), timed alternately;
+    ``speedup_<variant>`` is the contiguous eager time over the variant's."""
+    models = {name: build_model(setup, device, dtype, CALL_VARIANTS[name]) for name in variants}
     x = 2 * images(batch, setup.image_size, device, seed=6) - 1
     t = torch.full((batch,), 100, device=device)
-    times: dict[str, list[float]] = {layout: [] for layout in models}
+    times: dict[str, list[float]] = {name: [] for name in models}
     with torch.no_grad():
+        for model in models.values():
+            model.eps(x, t)
         for _ in range(repeats):
-            for layout, model in models.items():
-                times[layout].append(1e3 * timed(lambda m=model: m.eps(x, t), device, 1))
-    row = {f"{layout}_ms": statistics.median(values) for layout, values in times.items()}
-    return {"batch": batch, **row, "speedup": row["contiguous_ms"] / row["channels_last_ms"]}
+            for name, model in models.items():
+                times[name].append(1e3 * timed(lambda m=model: m.eps(x, t), device, 1, False))
+    row: dict[str, float] = {"batch": batch}
+    row.update({f"{name}_ms": statistics.median(values) for name, values in times.items()})
+    for name in variants[1:]:
+        row[f"speedup_{name}"] = row["contiguous_ms"] / row[f"{name}_ms"]
+    return row
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -407,8 +424,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "matmul": measured_peak_tflops(device, dtype, matmul_n),
             }
             entry.setdefault("matmul_peak_tflops", {})[label] = peaks["matmul"]
-            entry.setdefault("channels_last", {})[label] = layout_row(
-                setup, device, dtype, max(setup.batches), max(5, args.repeats)
+            variants = ("contiguous", "channels_last") + (
+                ("compiled",) if args.compile_check else ()
+            )
+            entry.setdefault("network_call", {})[label] = call_variants_row(
+                setup, device, dtype, max(setup.batches), max(5, args.repeats), variants
             )
             methods = purifiers(model, setup, device)
             for batch in setup.batches:
@@ -476,6 +496,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network call")
     parser.add_argument("--cuda-graphs", action="store_true")
+    parser.add_argument(
+        "--compile-check", action="store_true", help="also time a torch.compile'd network call"
+    )
     parser.add_argument("--out", help="JSON path (default: benchmarks/results/bench_gpu_<device>)")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

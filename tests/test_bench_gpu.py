@@ -65,8 +65,10 @@ def test_toy_run_end_to_end(tmp_path, one_thread) -> None:
     assert 0 < precision["image_relative_error"] < 2e-3
     (grad,) = entry["gradient"]["bf16"]
     assert grad["steps"] == 2 and grad["gradient_finite"] and grad["graph_MiB"] > 0
-    layout = entry["channels_last"]["bf16"]
-    assert layout["speedup"] == pytest.approx(layout["contiguous_ms"] / layout["channels_last_ms"])
+    call = entry["network_call"]["bf16"]
+    assert call["speedup_channels_last"] == pytest.approx(
+        call["contiguous_ms"] / call["channels_last_ms"]
+    )
     overhead = entry["ssni_overhead"]["bf16"]
     assert overhead["ssni_over_diffpure_time"] > 0 and overhead["eps_pass_over_diffpure_time"] > 0
 
