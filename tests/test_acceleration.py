@@ -160,11 +160,34 @@ def test_a_network_cast_to_bf16_keeps_a_float32_sampler() -> None:
     assert 0 < _relative(image, image32) < IMAGE_BOUND[torch.bfloat16]
 
 
+class _ConvOnly(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * (1 + t.to(x.dtype)[:, None, None, None] / 1000)
+
+
+def test_a_float64_network_runs_in_float64() -> None:
+    model = DiffusionModel(_ConvOnly().double(), image_shape=(3, 8, 8))
+    assert model.compute_dtype == model.dtype == torch.float64
+    x = (2 * _images(8) - 1).double()
+    with torch.no_grad():
+        eps = model.eps(x, LEVELS)
+        expected = model.eps_net(x, LEVELS - 1)
+    assert eps.dtype == torch.float64
+    torch.testing.assert_close(eps, expected, rtol=0, atol=0)
+
+
 def test_bad_speed_options_are_rejected() -> None:
     with pytest.raises(ValueError, match="compute_dtype"):
         DiffusionModel(TinyEpsNet(), compute_dtype=torch.int8)
     with pytest.raises(ValueError, match="compute_dtype"):
         DiffusionModel(_randomize(ADMUNet(**ADM_TINY)), compute_dtype=torch.float64)
+    with pytest.raises(ValueError, match="weights are torch.bfloat16"):
+        DiffusionModel(TinyEpsNet().to(torch.bfloat16), compute_dtype=torch.float32)
     with pytest.raises(ValueError, match="compile"):
         DiffusionModel(TinyEpsNet(), compile="yes")
     with pytest.raises(ValueError, match="max_graphs"):

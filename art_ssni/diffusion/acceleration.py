@@ -27,12 +27,12 @@ def check_compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def autocast(device_type: str, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """torch.autocast to ``dtype`` (no-op for float32).
+    """torch.autocast to a reduced ``dtype`` (no-op for float32 and float64).
 
     The weight-cast cache is off: each weight is used once per call, and a cache is not
     allowed while a CUDA graph is captured.
     """
-    if dtype == torch.float32:
+    if dtype not in REDUCED_DTYPES:
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=dtype, cache_enabled=False)
 

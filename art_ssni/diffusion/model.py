@@ -94,15 +94,21 @@ class DiffusionModel(nn.Module):
         cuda_graphs: bool,
     ) -> None:
         native = callable(getattr(self.eps_net, "set_compute_dtype", None))
+        param = _first_float_parameter(self.eps_net)
+        weights = param.dtype if param is not None else torch.float32
         if compute_dtype is not None:
             check_compute_dtype(compute_dtype)
             if native:
                 self.eps_net.set_compute_dtype(compute_dtype)
+            elif weights in REDUCED_DTYPES and compute_dtype != weights:
+                raise ValueError(
+                    f"the network's weights are {weights}; cast the network to float32 to run "
+                    f"it in {compute_dtype}, or leave compute_dtype unset"
+                )
         elif native:
             compute_dtype = self.eps_net.compute_dtype
         else:
-            param = _first_float_parameter(self.eps_net)
-            compute_dtype = param.dtype if param is not None else torch.float32
+            compute_dtype = weights
         self._autocast_dtype = torch.float32 if native else compute_dtype
         self._compute_dtype = compute_dtype
         self.channels_last = bool(channels_last)
