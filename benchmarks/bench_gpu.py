@@ -407,7 +407,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.batches:
             setup = replace(setup, batches=tuple(args.batches))
         entry: dict[str, Any] = {"image_size": setup.image_size, "throughput": []}
-        base = build_model(setup, device, torch.float32, options)
+        base = build_model(setup, device, torch.float32, {})  # eager float32: FLOPs, reference
         entry["parameters"] = sum(p.numel() for p in base.eps_net.parameters())
         flops = flops_per_row(base)
         entry["gflop_per_forward"] = flops / 1e9
