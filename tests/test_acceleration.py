@@ -276,9 +276,11 @@ def test_cuda_graph_replay_matches_eager_on_gpu() -> None:
     with torch.no_grad():
         first = graphed.eps(2 * x - 1, LEVELS.cuda())
         again = graphed.eps(2 * x.flip(0) - 1, LEVELS.flip(0).cuda())
-        torch.testing.assert_close(first, eager.eps(2 * x - 1, LEVELS.cuda()))
-        torch.testing.assert_close(again, eager.eps(2 * x.flip(0) - 1, LEVELS.flip(0).cuda()))
+        expected_first = eager.eps(2 * x - 1, LEVELS.cuda())
+        expected_again = eager.eps(2 * x.flip(0) - 1, LEVELS.flip(0).cuda())
+        torch.testing.assert_close(first, expected_first, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(again, expected_again, rtol=1e-4, atol=1e-5)
         image = DiffPure(graphed, t_star=100, steps=10, generator=0)(x)
         expected = DiffPure(eager, t_star=100, steps=10, generator=0)(x)
     assert len(graphed._runner.graphs) == 1
-    torch.testing.assert_close(image, expected)
+    torch.testing.assert_close(image, expected, rtol=1e-4, atol=1e-5)

@@ -153,7 +153,7 @@ class DiffusionModel(nn.Module):
         return self._runner(x, label)
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         state["_runner"] = None
         return state
 
