@@ -14,6 +14,7 @@ from art_ssni.evaluation.accuracy import intervals, wilson_interval
 from art_ssni.evaluation.report import combine_runs, to_markdown
 from art_ssni.evaluation.sanity import sanity_checks
 from art_ssni.models.defended import DefendedClassifier
+from art_ssni.presets import get_preset, list_presets
 
 from tiny import TinyClassifier
 
@@ -36,20 +37,18 @@ def paper_commands() -> list[list[str]]:
 
 def test_every_paper_command_parses():
     commands = paper_commands()
-    assert len(commands) == 38  # 2 stats + 36 evaluate rows
+    assert len(commands) == 41  # 2 stats + 36 table rows + 3 sampler-ablation rows
     parser = build_parser()
-    evaluate = 0
+    evaluate, samplers = 0, []
     for words in commands:
         args = parser.parse_args(words)
         if args.command == "evaluate":
             evaluate += 1
-            assert args.runs == 3 and args.preset in {
-                "cifar10-linf",
-                "cifar10-l2",
-                "cifar10-bpda",
-                "imagenet-linf",
-            }
-    assert evaluate == 36
+            assert args.runs == 3 and args.preset in list_presets()
+            if args.preset == "cifar10-sampler":
+                samplers.append(args.sampler)
+    assert evaluate == 39
+    assert samplers == list(get_preset("cifar10-sampler").samplers)
 
 
 # 16. Wilson intervals

@@ -6,10 +6,18 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from .acceleration import (
+    REDUCED_DTYPES,
+    CUDAGraphCalls,
+    autocast,
+    check_compute_dtype,
+    compile_call,
+)
 from .schedule import VPSchedule
 
 TimeLabel = Callable[[torch.Tensor], torch.Tensor]
@@ -79,6 +87,19 @@ class DiffusionModel(nn.Module):
     The network may return a tensor, an object with ``.sample`` (diffusers) or 2C channels of
     which the first C are eps (learned variance, as guided-diffusion). ``time_label`` maps our
     integer levels to the network's own time input (default: the DDPM 0-based index).
+
+    Speed options (issue 13) change only the network call; eps comes back in the sampler's
+    dtype (float32), so results move at most by the precision bound in benchmarks/README.md:
+
+    - ``compute_dtype`` (float32, bfloat16 or float16) runs the network body in that type. A
+      network with its own ``set_compute_dtype`` (ADM, like guided-diffusion's ``use_fp16``)
+      casts its weights and keeps normalisation in float32; any other runs under
+      ``torch.autocast``. ``None`` keeps the network's own setting.
+    - ``channels_last`` stores convolution weights and inputs in NHWC order.
+    - ``compile`` wraps the network call in ``torch.compile`` (``True``, or a dict of its
+      options such as ``{"mode": "max-autotune"}``).
+    - ``cuda_graphs`` replays a captured CUDA graph for each fixed-shape no-grad call on a CUDA
+      device (:class:`~art_ssni.diffusion.acceleration.CUDAGraphCalls`); elsewhere a no-op.
     """
 
     def __init__(
@@ -89,6 +110,10 @@ class DiffusionModel(nn.Module):
         time_label: TimeLabel | None = None,
         image_shape: tuple[int, int, int] | None = None,
         name: str | None = None,
+        compute_dtype: torch.dtype | None = None,
+        channels_last: bool = False,
+        compile: bool | dict[str, Any] = False,
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__()
         self.eps_net = eps_net
@@ -97,6 +122,82 @@ class DiffusionModel(nn.Module):
         self.image_shape = tuple(image_shape) if image_shape is not None else None
         self.name = name or type(eps_net).__name__
         self._fingerprint: str | None = None
+        self._set_speed_options(compute_dtype, channels_last, compile, cuda_graphs)
+
+    # --- speed options (issue 13) ---------------------------------------------------------
+
+    def _set_speed_options(
+        self,
+        compute_dtype: torch.dtype | None,
+        channels_last: bool,
+        compile: bool | dict[str, Any],
+        cuda_graphs: bool,
+    ) -> None:
+        native = callable(getattr(self.eps_net, "set_compute_dtype", None))
+        param = _first_float_parameter(self.eps_net)
+        weights = param.dtype if param is not None else torch.float32
+        if compute_dtype is not None:
+            check_compute_dtype(compute_dtype)
+            if native:
+                self.eps_net.set_compute_dtype(compute_dtype)
+            elif weights in REDUCED_DTYPES and compute_dtype != weights:
+                raise ValueError(
+                    f"the network's weights are {weights}; cast the network to float32 to run "
+                    f"it in {compute_dtype}, or leave compute_dtype unset"
+                )
+        elif native:
+            compute_dtype = self.eps_net.compute_dtype
+        else:
+            compute_dtype = weights
+        self._autocast_dtype = torch.float32 if native else compute_dtype
+        self._compute_dtype = compute_dtype
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.eps_net.to(memory_format=torch.channels_last)
+        if not isinstance(compile, (bool, dict)):
+            raise ValueError(
+                f"compile must be a bool or a dict of torch.compile options, got {compile!r}"
+            )
+        self.compile = compile
+        self.cuda_graphs = bool(cuda_graphs)
+        self._runner = None
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The type the network body runs in (float32 unless reduced precision was asked)."""
+        return self._compute_dtype
+
+    def _network_call(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """eps_net(x, label) in the compute dtype, reduced to the C eps channels, in x's dtype."""
+        channels, dtype = x.shape[1], x.dtype
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(x.device.type, self._autocast_dtype):
+            out = self.eps_net(x, label)
+        if hasattr(out, "sample"):
+            out = out.sample
+        elif isinstance(out, (tuple, list)):
+            out = out[0]
+        if out.dim() == 4 and out.shape[1] == 2 * channels:
+            out = out[:, :channels]
+        return out.to(dtype, memory_format=torch.contiguous_format)
+
+    def _run(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        if self._runner is None:
+            runner = self._network_call
+            if self.compile is not False:
+                runner = compile_call(runner, self.compile)
+            if self.cuda_graphs:
+                runner = CUDAGraphCalls(runner)
+            self._runner = runner
+        return self._runner(x, label)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_runner"] = None
+        return state
+
+    # --- end of speed options ---------------------------------------------------------------
 
     @property
     def device(self) -> torch.device:
@@ -105,23 +206,19 @@ class DiffusionModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        param = next(self.eps_net.parameters(), None)
-        return param.dtype if param is not None else torch.float32
+        """The sampler's dtype: the network's, but float32 for a reduced-precision network."""
+        param = _first_float_parameter(self.eps_net)
+        if param is None or param.dtype in REDUCED_DTYPES:
+            return torch.float32
+        return param.dtype
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Noise prediction at levels ``t`` (LongTensor of B levels, each >= 1)."""
+        """Noise prediction at levels ``t`` (B levels > 0; integer, or continuous for the SDE)."""
         if t.shape != (x_t.shape[0],):
             raise ValueError(
                 f"need one level per sample: x_t {tuple(x_t.shape)}, t {tuple(t.shape)}"
             )
-        out = self.eps_net(x_t, self.time_label(t))
-        if hasattr(out, "sample"):
-            out = out.sample
-        elif isinstance(out, (tuple, list)):
-            out = out[0]
-        channels = x_t.shape[1]
-        if out.shape[1] == 2 * channels:
-            out = out[:, :channels]
+        out = self._run(x_t, self.time_label(t))
         if out.shape != x_t.shape:
             raise ValueError(
                 f"eps network returned shape {tuple(out.shape)} for input {tuple(x_t.shape)}"
@@ -163,6 +260,7 @@ class DiffusionModel(nn.Module):
         use_ema: bool = True,
         convention: str = "as-trained",
         map_location: str | torch.device = "cpu",
+        compute_dtype: torch.dtype | None = None,
         **config,
     ) -> DiffusionModel:
         """score_sde DDPM++ (continuous VP) from a ``checkpoint_8.pth``-layout file.
@@ -170,6 +268,7 @@ class DiffusionModel(nn.Module):
         The EMA weights are used by default, as DiffPure and SSNI do. ``convention`` (see
         :data:`CONVENTIONS`): "as-trained" (default) gives the network the label 999 t/N on
         the VP-SDE marginal (beta 0.1..20); "lee-kim" the label t - 1 on the discrete abar.
+        ``compute_dtype`` runs the network body in reduced precision (see the class).
         """
         from .networks.ncsnpp import load_score_sde_checkpoint
 
@@ -182,6 +281,7 @@ class DiffusionModel(nn.Module):
             time_label=label,
             image_shape=(channels, size, size),
             name="score_sde-ddpmpp",
+            compute_dtype=compute_dtype,
         )
 
     @classmethod
@@ -192,21 +292,25 @@ class DiffusionModel(nn.Module):
         dtype: torch.dtype | None = None,
         convention: str = "as-trained",
         map_location: str | torch.device = "cpu",
+        compute_dtype: torch.dtype | None = None,
         **config,
     ) -> DiffusionModel:
         """guided-diffusion ADM UNet (``256x256_diffusion_uncond.pt`` layout).
 
         Linear DDPM schedule with 1000 steps; the learned-variance channels are dropped by
-        :meth:`eps`; ``dtype`` (float16 / bfloat16) runs the network body in reduced precision.
-        ``convention``: "as-trained" and "lee-kim" give the label t - 1 on the discrete abar,
-        "diffpure-sde" the label t on the VP-SDE marginal (DiffPure, EPS-AD on ImageNet).
+        :meth:`eps`; ``compute_dtype`` (float16 / bfloat16) runs the network body in reduced
+        precision with float32 normalisation, as guided-diffusion's ``use_fp16``. ``dtype`` is
+        its older name. ``convention``: "as-trained" and "lee-kim" give the label t - 1 on the
+        discrete abar, "diffpure-sde" the label t on the VP-SDE marginal (DiffPure, EPS-AD on
+        ImageNet).
         """
         from .networks.adm import load_guided_diffusion_checkpoint
 
+        if dtype is not None and compute_dtype is not None and dtype != compute_dtype:
+            raise ValueError(f"dtype {dtype} and compute_dtype {compute_dtype} disagree")
+        compute_dtype = compute_dtype if compute_dtype is not None else dtype
         schedule, label = time_convention("discrete", convention)
-        net = load_guided_diffusion_checkpoint(
-            path, map_location=map_location, dtype=dtype, **config
-        )
+        net = load_guided_diffusion_checkpoint(path, map_location=map_location, **config)
         channels, size = config.get("in_channels", 3), net.image_size
         return cls(
             net,
@@ -214,6 +318,7 @@ class DiffusionModel(nn.Module):
             time_label=label,
             image_shape=(channels, size, size),
             name="guided-diffusion",
+            compute_dtype=compute_dtype,
         )
 
     @classmethod
@@ -248,6 +353,10 @@ class DiffusionModel(nn.Module):
             schedule, label = time_convention("discrete", convention, schedule)
             kwargs.setdefault("time_label", label)
         return cls(unet.eval(), schedule, **kwargs)
+
+
+def _first_float_parameter(net: nn.Module) -> torch.Tensor | None:
+    return next((p for p in net.parameters() if p.is_floating_point()), None)
 
 
 def _load_diffusers_unet(unet_cls, source, schedule):

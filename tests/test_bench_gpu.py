@@ -1,0 +1,117 @@
+"""benchmarks/bench_gpu.py: its toy run, its exact row and FLOP counts, its documented commands."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from art_ssni import GNS, DiffPure, DiffusionModel
+
+from tiny import RowCounter, TinyEpsNet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_gpu = _load("bench_gpu")
+
+
+@pytest.fixture
+def one_thread():
+    """The toy run is dominated by per-call overhead; one thread avoids contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_toy_run_end_to_end(tmp_path, one_thread) -> None:
+    out = tmp_path / "toy.json"
+    argv = ["--device", "cpu", "--toy", "--networks", "score_sde", "--dtypes", "bf16"]
+    argv += ["--batches", "2", "--grad-steps", "2", "--repeats", "1", "--out", str(out)]
+    result = bench_gpu.main(argv)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    entry = result["networks"]["score_sde"]
+    rows = {row["method"]: row for row in entry["throughput"]}
+    # Fixed levels: DiffPure min(10, 100); GDMP 2 runs x min(6, 36); GNS 3 + 3 + 4.
+    assert rows["DiffPure"]["network_rows_per_image"] == 10
+    assert rows["GDMP"]["network_rows_per_image"] == 12
+    assert rows["GNS"]["network_rows_per_image"] == 10
+    # SSNI-N: the EPS pass's 5 rows plus min(10, t_i) with 0 <= t_i <= 100.
+    assert 5 <= rows["DiffPure+SSNI-N"]["network_rows_per_image"] <= 15
+    flops = entry["gflop_per_forward"] * 1e9
+    peak = entry["matmul_peak_tflops"]["bf16"]
+    for row in rows.values():
+        rate = row["network_rows_per_image"] * row["batch"] * flops / row["seconds"] / 1e12
+        assert row["tflops"] == pytest.approx(rate)
+        assert row["fraction_of_matmul_peak"] == pytest.approx(rate / peak)
+        assert row["fraction_of_spec_peak"] is None
+    precision = entry["precision"]["bf16"]
+    assert 0 < precision["eps_relative_error"] < 1e-2
+    assert 0 < precision["image_relative_error"] < 2e-3
+    (grad,) = entry["gradient"]["bf16"]
+    assert grad["steps"] == 2 and grad["gradient_finite"] and grad["graph_MiB"] > 0
+    call = entry["network_call"]["bf16"]
+    assert call["speedup_channels_last"] == pytest.approx(
+        call["contiguous_ms"] / call["channels_last_ms"]
+    )
+    overhead = entry["ssni_overhead"]["bf16"]
+    assert overhead["ssni_over_diffpure_time"] > 0 and overhead["eps_pass_over_diffpure_time"] > 0
+
+
+@pytest.mark.parametrize("method", ["diffpure", "gns"])
+def test_network_rows_match_the_calls_made(method: str) -> None:
+    counter = RowCounter(TinyEpsNet())
+    model = DiffusionModel(counter, image_shape=(3, 8, 8))
+    if method == "diffpure":
+        purifier = DiffPure(model, t_star=100, steps=7)
+    else:
+        purifier = GNS(model, stages=((30, 4), (60, 6)))
+    levels = torch.tensor([0, 3, 7, 40, 100, 250])
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        purifier.purify(x, levels, purifier.stages, torch.Generator().manual_seed(1))
+    assert bench_gpu.network_rows(purifier, levels) == counter.rows > 0
+
+
+def test_flops_per_row_is_the_closed_form() -> None:
+    model = DiffusionModel(TinyEpsNet(hidden=8), image_shape=(3, 8, 8))
+    conv = 2 * 8 * 8 * 8 * 3 * 9  # 2 * H * W * C_out * C_in * k^2, both convolutions
+    assert bench_gpu.flops_per_row(model) == 2 * conv + 2 * 8
+
+
+def test_spec_peaks_by_device_name() -> None:
+    assert bench_gpu.spec_peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert bench_gpu.spec_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert bench_gpu.spec_peak_tflops("NVIDIA H200") == 989.4
+    assert bench_gpu.spec_peak_tflops("x86_64 CPU, 2 cores") is None
+    name = bench_gpu.default_out("NVIDIA H100 80GB HBM3", toy=False).name
+    assert name == "bench_gpu_nvidia-h100-80gb-hbm3.json"
+
+
+def test_benchmark_readme_commands_parse() -> None:
+    text = (ROOT / "benchmarks" / "README.md").read_text()
+    commands = re.findall(
+        r"^(?:\S*python|OMP_NUM_THREADS=1 \S*python) (benchmarks/\S+\.py)(.*)$", text, flags=re.M
+    )
+    scripts = {script for script, _ in commands}
+    assert {"benchmarks/bench_gpu.py", "benchmarks/bench_core.py"} <= scripts
+    for script, rest in commands:
+        args = shlex.split(rest.split("#")[0])
+        module = _load(Path(script).stem)
+        if hasattr(module, "parse_args"):
+            module.parse_args(args)
