@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from art_ssni import DiffusionModel, EPSNorm, ReferenceStats
 
 from tiny import RowCounter, TinyEpsNet
+
+# The tests run tiny networks, where a second intra-op thread costs more than it gives and
+# thrashes when CI shares the machine; subprocesses (the CLI tests) inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture
