@@ -72,6 +72,9 @@ DIGITS_DEFAULTS: dict[str, Any] = {
     "selector_weight": 0.5,
 }
 QUICK = {"iterations": 3, "eot": 2, "n_images": 32, "draws": 3, "batch_size": 32}
+# In-loop judging and restarts (issue 12): with judge_draws > 0 every attack row gets in-loop
+# rows (one per criterion) beside its one-shot row.
+ATTACK_DEFAULTS: dict[str, Any] = {"restarts": 1, "judge_draws": 0, "criterion": ["worst", "vote"]}
 
 
 def _parse_eps(text: str) -> float:
@@ -95,6 +98,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from err
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from err
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
     return value
 
 
@@ -145,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--step", type=_parse_eps, help="attack step size")
     ev.add_argument("--iterations", type=_positive_int)
     ev.add_argument("--eot", type=_positive_int, help="EOT draws per gradient")
+    ev.add_argument("--restarts", type=_positive_int, help="random restarts, best kept")
+    ev.add_argument(
+        "--judge-draws",
+        type=_non_negative_int,
+        help="N > 0 adds rows judged in the loop over N draws per iterate (0: one-shot only)",
+    )
+    ev.add_argument(
+        "--criterion",
+        type=_choices(("worst", "vote")),
+        help="comma-separated in-loop criteria: worst (Wor.Rob), vote (MV.Rob)",
+    )
     ev.add_argument("--n-images", type=_positive_int)
     ev.add_argument("--draws", type=_positive_int, help="defence draws to judge accuracy")
     ev.add_argument("--batch-size", type=_positive_int)
@@ -283,7 +307,7 @@ def load_setup(args: argparse.Namespace, split: str = "test") -> Setup:
 
 
 def _settings(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
-    settings = dict(setup.defaults)
+    settings = {**ATTACK_DEFAULTS, **setup.defaults}
     if args.quick:
         settings.update(QUICK)
     for name in (
@@ -301,6 +325,9 @@ def _settings(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
         "draws",
         "batch_size",
         "selector_weight",
+        "restarts",
+        "judge_draws",
+        "criterion",
     ):
         value = getattr(args, name, None)
         if value is not None:
@@ -332,6 +359,7 @@ def build_rows(args: argparse.Namespace, setup: Setup, settings: dict[str, Any])
         "step": settings["step"],
         "iterations": settings["iterations"],
         "eot": settings["eot"],
+        "restarts": settings["restarts"],
     }
     rows = []
     if not args.no_baseline:
@@ -362,9 +390,34 @@ def build_rows(args: argparse.Namespace, setup: Setup, settings: dict[str, Any])
             kwargs_attack = dict(attack)
             if attack_name == "selector-aware":
                 kwargs_attack["weight"] = settings["selector_weight"]
-            rows.append(
-                Row(f"{args.method}-{noise}-{attack_name}", name, model, attack_name, kwargs_attack)
+            rows.extend(
+                _attack_rows(
+                    f"{args.method}-{noise}", name, model, attack_name, kwargs_attack, settings
+                )
             )
+    return rows
+
+
+def _attack_rows(
+    key: str,
+    name: str,
+    model: DefendedClassifier,
+    attack_name: str,
+    kwargs: dict[str, Any],
+    settings: dict[str, Any],
+) -> list[Row]:
+    """The one-shot row of an attack and, with ``judge_draws`` > 0, one in-loop row per
+    criterion (issue 12); APGD sets its own step sizes, AutoAttack its own restarts."""
+    if attack_name == "apgd-eot":
+        kwargs = {k: v for k, v in kwargs.items() if k != "step"}
+    if attack_name == "autoattack":
+        kwargs = {k: v for k, v in kwargs.items() if k != "restarts"}
+        return [Row(f"{key}-{attack_name}", name, model, attack_name, kwargs)]
+    rows = [Row(f"{key}-{attack_name}", name, model, attack_name, kwargs)]
+    if settings["judge_draws"]:
+        for criterion in settings["criterion"]:
+            judged = {**kwargs, "judge_draws": settings["judge_draws"], "criterion": criterion}
+            rows.append(Row(f"{key}-{attack_name}-{criterion}", name, model, attack_name, judged))
     return rows
 
 
@@ -429,7 +482,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "draws": settings["draws"],
             "seed": args.seed,
             "processes": world,
-            "attack": {k: settings[k] for k in ("norm", "eps", "iterations", "eot", "step")},
+            "attack": {
+                k: settings[k]
+                for k in (
+                    "norm",
+                    "eps",
+                    "iterations",
+                    "eot",
+                    "step",
+                    "restarts",
+                    "judge_draws",
+                    "criterion",
+                )
+            },
             "defence": {
                 k: settings[k]
                 for k in (
