@@ -284,3 +284,24 @@ def test_selector_aware_attack_takes_in_loop_judging(diffusion, stats, images):
         model, images, torch.arange(6), eps=0.05, iterations=2, eot=1, judge_draws=2, restarts=2
     )
     assert (x_adv - images).abs().max() <= 0.05 + 1e-6
+
+
+def test_readme_commands_of_the_command_line_parse():
+    import re
+    import shlex
+    from pathlib import Path
+
+    from art_ssni.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = [
+        line
+        for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+        for line in block.splitlines()
+        if line.startswith(".venv/bin/art-ssni evaluate --")
+    ]
+    assert any("--judge-draws" in line for line in lines)
+    for line in lines:
+        args = build_parser().parse_args(shlex.split(line.split("#")[0])[1:])
+        assert args.attack == ["pgd-eot", "apgd-eot"] and args.judge_draws == 8
+        assert args.criterion == ["worst", "vote"] and args.restarts == 2
