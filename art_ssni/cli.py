@@ -74,7 +74,12 @@ DIGITS_DEFAULTS: dict[str, Any] = {
 QUICK = {"iterations": 3, "eot": 2, "n_images": 32, "draws": 3, "batch_size": 32}
 # In-loop judging and restarts (issue 12): with judge_draws > 0 every attack row gets in-loop
 # rows (one per criterion) beside its one-shot row.
-ATTACK_DEFAULTS: dict[str, Any] = {"restarts": 1, "judge_draws": 0, "criterion": ["worst", "vote"]}
+ATTACK_DEFAULTS: dict[str, Any] = {
+    "restarts": 1,
+    "judge_draws": 0,
+    "criterion": ["worst", "vote"],
+    "max_rows": 256,
+}
 
 
 def _parse_eps(text: str) -> float:
@@ -168,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--criterion",
         type=_choices(("worst", "vote")),
         help="comma-separated in-loop criteria: worst (Wor.Rob), vote (MV.Rob)",
+    )
+    ev.add_argument(
+        "--max-rows", type=_positive_int, help="rows per defence pass when EOT draws are batched"
     )
     ev.add_argument("--n-images", type=_positive_int)
     ev.add_argument("--draws", type=_positive_int, help="defence draws to judge accuracy")
@@ -328,6 +336,7 @@ def _settings(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
         "restarts",
         "judge_draws",
         "criterion",
+        "max_rows",
     ):
         value = getattr(args, name, None)
         if value is not None:
@@ -360,6 +369,7 @@ def build_rows(args: argparse.Namespace, setup: Setup, settings: dict[str, Any])
         "iterations": settings["iterations"],
         "eot": settings["eot"],
         "restarts": settings["restarts"],
+        "max_rows": settings["max_rows"],
     }
     rows = []
     if not args.no_baseline:
@@ -411,7 +421,7 @@ def _attack_rows(
     if attack_name == "apgd-eot":
         kwargs = {k: v for k, v in kwargs.items() if k != "step"}
     if attack_name == "autoattack":
-        kwargs = {k: v for k, v in kwargs.items() if k != "restarts"}
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("restarts", "max_rows")}
         return [Row(f"{key}-{attack_name}", name, model, attack_name, kwargs)]
     rows = [Row(f"{key}-{attack_name}", name, model, attack_name, kwargs)]
     if settings["judge_draws"]:

@@ -190,4 +190,5 @@ def test_in_loop_flags_add_rows_beside_the_one_shot_rows():
     )
     assert "judge_draws" not in rows[1].attack_kwargs
     assert all(r.attack_kwargs["restarts"] == 2 for r in rows)
+    assert all(r.attack_kwargs["max_rows"] == 256 for r in rows)
     assert "step" not in rows[4].attack_kwargs and "step" in rows[1].attack_kwargs
