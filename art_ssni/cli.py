@@ -70,8 +70,16 @@ DIGITS_DEFAULTS: dict[str, Any] = {
     "draws": 8,
     "batch_size": 64,
     "selector_weight": 0.5,
+    "judge_draws": 8,
 }
-QUICK = {"iterations": 3, "eot": 2, "n_images": 32, "draws": 3, "batch_size": 32}
+QUICK = {
+    "iterations": 3,
+    "eot": 2,
+    "n_images": 32,
+    "draws": 3,
+    "batch_size": 32,
+    "judge_draws": 2,
+}
 # In-loop judging and restarts (issue 12): with judge_draws > 0 every attack row gets in-loop
 # rows (one per criterion) beside its one-shot row.
 ATTACK_DEFAULTS: dict[str, Any] = {

@@ -31,6 +31,8 @@ SMALL = [
     "fixed,ssni-n",
     "--attack",
     "pgd-eot,selector-aware",
+    "--judge-draws",
+    "0",
     "--no-progress",
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
