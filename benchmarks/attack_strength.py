@@ -52,8 +52,8 @@ def build_model() -> DefendedClassifier:
     return DefendedClassifier(purifier, load_embedded_classifier())
 
 
-def attacks(args: argparse.Namespace) -> dict[str, tuple[Callable, int, int]]:
-    """name -> (attack(model, x, y) -> x_adv, EOT gradient passes, forward-only passes)."""
+def attacks(args: argparse.Namespace) -> dict[str, tuple[str, Callable, int, int]]:
+    """key -> (name, attack(model, x, y) -> x_adv, EOT gradient passes, forward-only passes)."""
     import torchattacks
 
     eot, eps, step, n = args.eot, args.eps, args.step, args.judge_draws
@@ -86,26 +86,34 @@ def attacks(args: argparse.Namespace) -> dict[str, tuple[Callable, int, int]]:
     grads = {"pgd": pgd_iters * eot, "apgd": (apgd_iters + 1) * eot}
     judged = {"pgd": n * (pgd_iters + 1), "apgd": n * (apgd_iters + 1)}
     return {
-        "ours PGD-EOT, one-shot": (ours_pgd(), grads["pgd"], 0),
-        f"ours PGD-EOT, in-loop N={n} worst": (
+        "pgd": ("ours PGD-EOT, one-shot", ours_pgd(), grads["pgd"], 0),
+        "pgd-worst": (
+            f"ours PGD-EOT, in-loop N={n} worst",
             ours_pgd(judge_draws=n, criterion="worst"),
             grads["pgd"],
             judged["pgd"],
         ),
-        "ours APGD-EOT CE, one-shot": (ours_apgd(), grads["apgd"], 0),
-        f"ours APGD-EOT CE, in-loop N={n} worst": (
+        "apgd": ("ours APGD-EOT CE, one-shot", ours_apgd(), grads["apgd"], 0),
+        "apgd-worst": (
+            f"ours APGD-EOT CE, in-loop N={n} worst",
             ours_apgd(judge_draws=n, criterion="worst"),
             grads["apgd"],
             judged["apgd"],
         ),
-        f"ours APGD-EOT CE, in-loop N={n} vote": (
+        "apgd-vote": (
+            f"ours APGD-EOT CE, in-loop N={n} vote",
             ours_apgd(judge_draws=n, criterion="vote"),
             grads["apgd"],
             judged["apgd"],
         ),
-        "torchattacks APGD(eot_iter)": (ta_apgd, grads["apgd"], 0),
-        "torchattacks EOTPGD": (ta_eotpgd, grads["pgd"], 0),
-        "AutoAttack rand (re-judged)": (autoattack, 2 * (aa_iters + 1) * eot, 0),
+        "ta-apgd": ("torchattacks APGD(eot_iter)", ta_apgd, grads["apgd"], 0),
+        "ta-eotpgd": ("torchattacks EOTPGD", ta_eotpgd, grads["pgd"], 0),
+        "autoattack": (
+            "AutoAttack rand (re-judged)",
+            autoattack,
+            2 * (aa_iters + 1) * eot,
+            0,
+        ),
     }
 
 
@@ -118,6 +126,7 @@ def main() -> None:
     parser.add_argument("--gradients", type=int, default=20, help="EOT gradient passes")
     parser.add_argument("--judge-draws", type=int, default=4, help="in-loop draws N")
     parser.add_argument("--draws", type=int, default=DIGITS_DEFAULTS["draws"])
+    parser.add_argument("--only", help="comma-separated row keys to run (default: all)")
     parser.add_argument("--out", default="benchmarks/results/attack_strength.json")
     args = parser.parse_args()
 
@@ -126,7 +135,14 @@ def main() -> None:
     x, y = x[index], y[index]
     model = build_model()
     rows = []
-    for name, (attack, gradients, forwards) in attacks(args).items():
+    chosen = attacks(args)
+    if args.only:
+        keys = args.only.split(",")
+        unknown = sorted(set(keys) - set(chosen))
+        if unknown:
+            raise SystemExit(f"unknown rows {unknown}; choose from {sorted(chosen)}")
+        chosen = {key: chosen[key] for key in keys}
+    for key, (name, attack, gradients, forwards) in chosen.items():
         model.purifier.generator = torch.Generator().manual_seed(ATTACK_SEED)
         start = time.perf_counter()
         x_adv = attack(model, x, y).detach()
@@ -136,6 +152,7 @@ def main() -> None:
         robust = aggregate(predict_draws(model, x_adv, args.draws), y)
         rows.append(
             {
+                "key": key,
                 "attack": name,
                 "eot_gradients_per_sample": gradients,
                 "judging_forwards_per_sample": forwards,
@@ -156,6 +173,7 @@ def main() -> None:
     verdict = {
         metric: min(r[metric] for r in ours) <= min(r[metric] for r in external)
         for metric in ("robust_vote", "robust_worst")
+        if ours and external
     }
     result = {
         "config": {**vars(args), "defence": "DiffPure t*=60, 10 steps, full gradient"},
