@@ -46,7 +46,22 @@ NOISES = ("fixed", "ssni-l", "ssni-n")
 METHODS = {"diffpure": DiffPure, "gdmp": GDMP, "gns": GNS}
 
 
-QUICK = {"iterations": 3, "eot": 2, "n_images": 32, "draws": 3, "batch_size": 32}
+QUICK = {
+    "iterations": 3,
+    "eot": 2,
+    "n_images": 32,
+    "draws": 3,
+    "batch_size": 32,
+    "judge_draws": 2,
+}
+# In-loop judging and restarts (issue 12): with judge_draws > 0 every attack row gets in-loop
+# rows (one per criterion) beside its one-shot row.
+ATTACK_DEFAULTS: dict[str, Any] = {
+    "restarts": 1,
+    "judge_draws": 0,
+    "criterion": ["worst", "vote"],
+    "max_rows": 256,
+}
 
 
 def _parse_eps(text: str) -> float:
@@ -88,6 +103,16 @@ def _finite(low: float | None = None, *, positive: bool = False):
         return value
 
     return parse
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from err
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
 
 
 def _choices(allowed: Sequence[str]):
@@ -176,6 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--step", type=_parse_eps, help="attack step size")
     ev.add_argument("--iterations", type=_positive_int)
     ev.add_argument("--eot", type=_positive_int, help="EOT draws per gradient")
+    ev.add_argument("--restarts", type=_positive_int, help="random restarts, best kept")
+    ev.add_argument(
+        "--judge-draws",
+        type=_non_negative_int,
+        help="N > 0 adds rows judged in the loop over N draws per iterate (0: one-shot only)",
+    )
+    ev.add_argument(
+        "--criterion",
+        type=_choices(("worst", "vote")),
+        help="comma-separated in-loop criteria: worst (Wor.Rob), vote (MV.Rob)",
+    )
+    ev.add_argument(
+        "--max-rows", type=_positive_int, help="rows per defence pass when EOT draws are batched"
+    )
     ev.add_argument("--n-images", type=_positive_int)
     ev.add_argument("--draws", type=_positive_int, help="defence draws to judge accuracy")
     ev.add_argument("--batch-size", type=_positive_int)
@@ -266,7 +305,7 @@ def check_out_file(path: str | os.PathLike) -> Path:
 
 
 def _settings(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
-    settings = dict(setup.defaults)
+    settings = {**ATTACK_DEFAULTS, **setup.defaults}
     if args.quick:
         settings.update(QUICK)
     for name in (
@@ -286,6 +325,10 @@ def _settings(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
         "selector_weight",
         "sampler",
         "convention",
+        "restarts",
+        "judge_draws",
+        "criterion",
+        "max_rows",
     ):
         value = getattr(args, name, None)
         if value is not None:
@@ -356,6 +399,8 @@ def build_rows(args: argparse.Namespace, setup: Setup, settings: dict[str, Any])
         "step": settings["step"],
         "iterations": settings["iterations"],
         "eot": settings["eot"],
+        "restarts": settings["restarts"],
+        "max_rows": settings["max_rows"],
     }
     rows = []
     if not args.no_baseline:
@@ -392,9 +437,34 @@ def build_rows(args: argparse.Namespace, setup: Setup, settings: dict[str, Any])
             kwargs_attack = dict(attack)
             if attack_name == "selector-aware":
                 kwargs_attack["weight"] = settings["selector_weight"]
-            rows.append(
-                Row(f"{args.method}-{noise}-{attack_name}", name, model, attack_name, kwargs_attack)
+            rows.extend(
+                _attack_rows(
+                    f"{args.method}-{noise}", name, model, attack_name, kwargs_attack, settings
+                )
             )
+    return rows
+
+
+def _attack_rows(
+    key: str,
+    name: str,
+    model: DefendedClassifier,
+    attack_name: str,
+    kwargs: dict[str, Any],
+    settings: dict[str, Any],
+) -> list[Row]:
+    """The one-shot row of an attack and, with ``judge_draws`` > 0, one in-loop row per
+    criterion (issue 12); APGD sets its own step sizes, AutoAttack its own restarts."""
+    if attack_name == "apgd-eot":
+        kwargs = {k: v for k, v in kwargs.items() if k != "step"}
+    if attack_name == "autoattack":
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("restarts", "max_rows")}
+        return [Row(f"{key}-{attack_name}", name, model, attack_name, kwargs)]
+    rows = [Row(f"{key}-{attack_name}", name, model, attack_name, kwargs)]
+    if settings["judge_draws"]:
+        for criterion in settings["criterion"]:
+            judged = {**kwargs, "judge_draws": settings["judge_draws"], "criterion": criterion}
+            rows.append(Row(f"{key}-{attack_name}-{criterion}", name, model, attack_name, judged))
     return rows
 
 
@@ -534,7 +604,19 @@ def _results(
             "seed": seed,
             "processes": world,
             "smoke": bool(args.quick),
-            "attack": {k: settings[k] for k in ("norm", "eps", "iterations", "eot", "step")},
+            "attack": {
+                k: settings[k]
+                for k in (
+                    "norm",
+                    "eps",
+                    "iterations",
+                    "eot",
+                    "step",
+                    "restarts",
+                    "judge_draws",
+                    "criterion",
+                )
+            },
             "defence": {k: settings[k] for k in defence_keys if k in settings},
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.device}",
         },

@@ -58,6 +58,7 @@ DIGITS_DEFAULTS: dict[str, Any] = {
     "draws": 8,
     "batch_size": 64,
     "selector_weight": 0.5,
+    "judge_draws": 8,
 }
 
 

@@ -31,6 +31,8 @@ SMALL = [
     "fixed,ssni-n",
     "--attack",
     "pgd-eot,selector-aware",
+    "--judge-draws",
+    "0",
     "--no-progress",
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -152,6 +154,7 @@ def test_two_processes_equal_one(reference, tmp_path):
             "/nope",
         ),
         (["evaluate", "--stats", "/nope/stats.safetensors"], "no statistics file"),
+        (["evaluate", "--criterion", "mean"], "unknown mean"),
     ],
 )
 def test_command_line_errors_are_clear(args, message):
@@ -164,3 +167,30 @@ def test_command_line_errors_are_clear(args, message):
 def test_resuming_with_other_settings_is_refused(reference, tmp_path):
     result = _run(["evaluate", *SMALL, "--eps", "0.1", "--out", str(reference)], timeout=300)
     assert result.returncode == 2 and "another configuration" in result.stderr
+
+
+def test_in_loop_flags_add_rows_beside_the_one_shot_rows():
+    from art_ssni.cli import _settings, build_parser, build_rows, load_setup
+
+    args = build_parser().parse_args(
+        ["evaluate", "--noise", "fixed", "--attack", "pgd-eot,apgd-eot", "--judge-draws", "4"]
+        + ["--criterion", "worst,vote", "--restarts", "2", "--device", "cpu"]
+    )
+    setup = load_setup(args)
+    rows = build_rows(args, setup, _settings(args, setup))
+    assert [r.key for r in rows] == [
+        "none-pgd",
+        "diffpure-fixed-pgd-eot",
+        "diffpure-fixed-pgd-eot-worst",
+        "diffpure-fixed-pgd-eot-vote",
+        "diffpure-fixed-apgd-eot",
+        "diffpure-fixed-apgd-eot-worst",
+        "diffpure-fixed-apgd-eot-vote",
+    ]
+    assert (
+        rows[2].attack_kwargs["judge_draws"] == 4 and rows[3].attack_kwargs["criterion"] == "vote"
+    )
+    assert "judge_draws" not in rows[1].attack_kwargs
+    assert all(r.attack_kwargs["restarts"] == 2 for r in rows)
+    assert all(r.attack_kwargs["max_rows"] == 256 for r in rows)
+    assert "step" not in rows[4].attack_kwargs and "step" in rows[1].attack_kwargs

@@ -69,7 +69,7 @@ def test_eot_gradient_is_the_mean_of_single_draw_gradients(diffusion, images):
     model = _defended(diffusion)
     y = torch.arange(6)
     model.purifier.generator = torch.Generator().manual_seed(3)
-    grad, _ = eot_gradient(model, images, y, draws=4)
+    grad, _ = eot_gradient(model, images, y, draws=4, max_rows=6)  # one draw per chunk
     model.purifier.generator = torch.Generator().manual_seed(3)
     singles = [eot_gradient(model, images, y, draws=1)[0] for _ in range(4)]
     assert torch.allclose(grad, torch.stack(singles).mean(0), atol=1e-7)
@@ -176,11 +176,19 @@ def test_sanity_checks_report_their_numbers_and_verdicts(diffusion):
         draws=2,
         eps_multipliers=(1, 4),
         iteration_multipliers=(1, 2),
+        restart_counts=(1, 3),
     )
     assert [r["eps"] for r in report["by_eps"]] == [0.1, 0.4]
     assert [r["iterations"] for r in report["by_iterations"]] == [4, 8]
     assert report["checks"]["accuracy_falls_with_eps"] and report["checks"]["undefended_is_broken"]
     assert report["checks"]["attack_beats_random_noise"]
+    assert [r["restarts"] for r in report["by_restarts"]] == [1, 3]
+    assert report["in_loop"]["judge_draws"] == 2 and report["in_loop"]["criterion"] == "vote"
+    restarts = [r["robust_vote"] for r in report["by_restarts"]]
+    assert report["checks"]["more_restarts_never_help"] == (restarts[1] <= restarts[0] + 0.05)
+    assert report["checks"]["in_loop_at_most_one_shot"] == (
+        report["in_loop"]["robust_vote"] <= report["attack_vote"] + 0.05
+    )
     assert report["passed"] == all(report["checks"].values())
     noisy = random_perturbation(x, "Linf", 0.05, torch.Generator().manual_seed(0))
     assert (noisy - x).abs().max() <= 0.05 + 1e-6 and noisy.min() >= 0 and noisy.max() <= 1

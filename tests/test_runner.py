@@ -80,3 +80,35 @@ def test_resuming_another_configuration_is_refused(tmp_path):
 def test_unit_seeds_are_stable_and_distinct():
     assert unit_seed(0, "a", 1) == unit_seed(0, "a", 1)
     assert len({unit_seed(0, k, b) for k in "ab" for b in range(50)}) == 100
+
+
+def test_rows_record_the_attack_its_judging_and_the_final_judging(tmp_path, diffusion):
+    x, y = _data()
+    classifier = TinyClassifier()
+    model = DefendedClassifier(DiffPure(diffusion, t_star=6, steps=2), classifier)
+    apgd = {"eps": 0.05, "iterations": 2, "eot": 1, "restarts": 2, "loss": "dlr"}
+    rows = [
+        Row("apgd", "DiffPure", model, "apgd-eot", apgd),
+        Row(
+            "apgd-vote",
+            "DiffPure",
+            model,
+            "apgd-eot",
+            {**apgd, "judge_draws": 2, "criterion": "vote"},
+        ),
+    ]
+    evaluation = Evaluation(tmp_path, {"t": 1}, batch_size=5, draws=3, seed=0, progress=False)
+    one_shot, in_loop = evaluation.run(rows, x, y)
+    assert one_shot["attack"] == "APGD-EOT x2 restarts"
+    assert one_shot["judging"] == {"in_loop_draws": 0, "criterion": None, "name": "one-shot"}
+    assert in_loop["attack"] == "APGD-EOT x2 restarts, in-loop N=2 vote (MV.Rob)"
+    assert in_loop["judging"] == {"in_loop_draws": 2, "criterion": "vote", "name": "MV.Rob"}
+    assert in_loop["attack_settings"] == {
+        "eps": 0.05,
+        "iterations": 2,
+        "eot": 1,
+        "loss": "dlr",
+        "restarts": 2,
+    }
+    assert in_loop["final_judging"]["draws"] == 3
+    assert in_loop["max_delta_linf"] <= 0.05 + 1e-6

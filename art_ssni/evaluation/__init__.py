@@ -1,6 +1,7 @@
 """Attacks and honest accuracy for randomised defences."""
 
 from .accuracy import AGGREGATIONS, aggregate, correct_draws, majority_vote, predict_draws
+from .apgd import apgd_eot
 from .attacks import (
     NORMS,
     bpda_eot,
@@ -11,17 +12,22 @@ from .attacks import (
     selector_aware_pgd,
 )
 from .autoattack import autoattack_rand, format_eps
+from .eot import CRITERIA, LOSSES, judge
 
 __all__ = [
     "AGGREGATIONS",
+    "CRITERIA",
+    "LOSSES",
     "NORMS",
     "aggregate",
+    "apgd_eot",
     "autoattack_rand",
     "format_eps",
     "bpda_eot",
     "correct_draws",
     "eot_gradient",
     "gradient_mode",
+    "judge",
     "majority_vote",
     "pgd_eot",
     "predict_draws",

@@ -9,6 +9,11 @@
 - :func:`selector_aware_pgd`: also pushes the EPS norm of the adversarial input down,
   differentiating through the noise network, so that SSNI injects less noise. The paper's
   attack never targets the selector; this one does.
+
+All take ``restarts`` (random restarts, the best kept per sample) and ``judge_draws`` /
+``criterion``: with N > 0 every iterate is judged over N fresh draws and the best one for
+the attacker is returned (DiffHammer / DiffBreak in-loop judging, :mod:`.eot`); N = 0
+returns the last iterate (one-shot).
 """
 
 from __future__ import annotations
@@ -17,11 +22,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from .._rng import SeedLike, as_generator, rand, randn
+from .eot import DEFAULT_MAX_ROWS, BestIterate, best_of_restarts, check_judging, eot_gradient, track
 
 NORMS = ("Linf", "L2")
 
@@ -39,23 +44,6 @@ def gradient_mode(model: nn.Module, mode: str) -> Iterator[None]:
         yield
     finally:
         purifier.gradient = previous
-
-
-def eot_gradient(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean over ``draws`` passes of grad_x sum_i CE(model(x)_i, y_i), and the mean loss."""
-    if draws < 1:
-        raise ValueError(f"EOT draws must be >= 1, got {draws}")
-    grad = torch.zeros_like(x)
-    loss_sum = torch.zeros(x.shape[0], device=x.device)
-    for _ in range(draws):
-        xg = x.detach().requires_grad_(True)
-        loss = F.cross_entropy(model(xg), y, reduction="none")
-        (g,) = torch.autograd.grad(loss.sum(), xg)
-        grad += g
-        loss_sum += loss.detach()
-    return grad / draws, loss_sum / draws
 
 
 def per_sample_l2(v: torch.Tensor) -> torch.Tensor:
@@ -83,6 +71,21 @@ def _check(x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, step: float,
         raise ValueError(f"y must hold one label per image, got {tuple(y.shape)}")
 
 
+def random_delta(
+    x: torch.Tensor, norm: str, eps: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """A random perturbation inside the ball: uniform in the Linf box, or a random L2
+    direction with a uniform radius, kept in [0, 1]."""
+    draw = {"generator": generator, "device": x.device, "dtype": x.dtype}
+    if norm == "Linf":
+        delta = (2 * rand(x.shape, **draw) - 1) * eps
+    else:
+        direction = randn(x.shape, **draw)
+        radius = rand((x.shape[0], *([1] * (x.dim() - 1))), **draw) * eps
+        delta = direction / per_sample_l2(direction) * radius
+    return project(delta, x, norm, eps)
+
+
 def pgd_eot(
     model: nn.Module,
     x: torch.Tensor,
@@ -94,7 +97,11 @@ def pgd_eot(
     iterations: int = 200,
     eot: int = 20,
     random_start: bool = False,
+    restarts: int = 1,
+    judge_draws: int = 0,
+    criterion: str = "worst",
     selector_weight: float = 0.0,
+    max_rows: int = DEFAULT_MAX_ROWS,
     generator: SeedLike = None,
     progress: bool = False,
 ) -> torch.Tensor:
@@ -104,34 +111,39 @@ def pgd_eot(
     per sample: the EOT gradient of the cross-entropy and the gradient of the purifier
     policy's EPS norm, each normalised so that w is their relative weight whatever their
     scales (the EPS gradient is orders of magnitude larger than the gradient through the
-    purifier).
+    purifier). Restart 0 starts at x (or at random with ``random_start``), later restarts
+    at random points of the ball.
     """
     _check(x, y, norm, eps, step, iterations)
+    check_judging(judge_draws, criterion)
     generator = as_generator(generator, x.device)
     x = x.detach()
-    delta = torch.zeros_like(x)
-    if random_start:
-        draw = {"generator": generator, "device": x.device, "dtype": x.dtype}
-        if norm == "Linf":
-            delta = (2 * rand(x.shape, **draw) - 1) * eps
-        else:
-            direction = randn(x.shape, **draw)
-            radius = rand((x.shape[0], 1, 1, 1), **draw) * eps
-            delta = direction / per_sample_l2(direction) * radius
-        delta = project(delta, x, norm, eps)
     selector = _selector(model) if selector_weight else None
-    for _ in tqdm(range(iterations), desc=f"PGD-EOT {norm}", disable=not progress, leave=False):
-        grad, _ = eot_gradient(model, x + delta, y, eot)
-        if selector is not None:
-            xg = (x + delta).detach().requires_grad_(True)
-            (g_eps,) = torch.autograd.grad(selector(xg, generator).sum(), xg)
-            grad = grad / per_sample_l2(grad) - selector_weight * g_eps / per_sample_l2(g_eps)
-        if norm == "Linf":
-            delta = delta + step * grad.sign()
-        else:
-            delta = delta + step * grad / per_sample_l2(grad)
-        delta = project(delta, x, norm, eps)
-    return (x + delta).detach()
+    judging = {"max_rows": max_rows}
+
+    def run(restart: int) -> tuple[torch.Tensor, BestIterate | None]:
+        delta = torch.zeros_like(x)
+        if random_start or restart > 0:
+            delta = random_delta(x, norm, eps, generator)
+        best = track(None, model, x + delta, y, judge_draws, criterion, **judging)
+        desc = f"PGD-EOT {norm} restart {restart + 1}/{restarts}"
+        for _ in tqdm(range(iterations), desc=desc, disable=not progress, leave=False):
+            grad, _ = eot_gradient(model, x + delta, y, eot, max_rows=max_rows)
+            if selector is not None:
+                xg = (x + delta).detach().requires_grad_(True)
+                (g_eps,) = torch.autograd.grad(selector(xg, generator).sum(), xg)
+                grad = grad / per_sample_l2(grad) - selector_weight * g_eps / per_sample_l2(g_eps)
+            if norm == "Linf":
+                delta = delta + step * grad.sign()
+            else:
+                delta = delta + step * grad / per_sample_l2(grad)
+            delta = project(delta, x, norm, eps)
+            best = track(best, model, x + delta, y, judge_draws, criterion, **judging)
+        if best is None:
+            return (x + delta).detach(), None
+        return best.x, best
+
+    return best_of_restarts(run, restarts, model, y, criterion, **judging)
 
 
 def bpda_eot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:

@@ -28,6 +28,14 @@ COLUMN_NOTES: tuple[tuple[str, str], ...] = (
     ("method", "the defence (no defence, DiffPure at a fixed t*, or DiffPure with SSNI)."),
     ("attack", "the adaptive attack that produced the adversarial inputs."),
     (
+        "in-loop N (Wor.Rob / MV.Rob)",
+        "the attack judged every iterate over N fresh draws and kept, per sample, the one that "
+        "fooled the criterion (worst: any draw wrong; vote: the majority label wrong), as "
+        "DiffBreak names them; read Wor.Rob in the worst-of-N column and MV.Rob in the vote "
+        "column. Rows without it are one-shot (the last iterate; APGD: its best-loss iterate). "
+        "The final judging always uses the table's own N draws, independent of the attack's.",
+    ),
+    (
         "clean (vote)",
         "accuracy on clean inputs passed through the same defence, majority vote over N draws.",
     ),

@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .accuracy import aggregate, intervals, predict_draws
+from .apgd import apgd_eot
 from .attacks import bpda_eot, pgd_eot, selector_aware_pgd
 
 
@@ -64,6 +65,7 @@ ATTACKS: dict[str, Callable[..., torch.Tensor]] = {
     "pgd-eot": pgd_eot,
     "bpda-eot": bpda_eot,
     "selector-aware": selector_aware_pgd,
+    "apgd-eot": apgd_eot,
     "autoattack": autoattack,
 }
 ATTACK_NAMES = {
@@ -71,8 +73,11 @@ ATTACK_NAMES = {
     "pgd-eot": "PGD-EOT",
     "bpda-eot": "BPDA-EOT",
     "selector-aware": "selector-aware PGD-EOT",
+    "apgd-eot": "APGD-EOT",
     "autoattack": "AutoAttack rand (re-judged)",
 }
+# DiffBreak's names for robust accuracy under in-loop judging with each criterion.
+INLOOP_NAMES = {"worst": "Wor.Rob", "vote": "MV.Rob"}
 
 
 @dataclass
@@ -167,6 +172,35 @@ def evaluate_batch(
     return record
 
 
+def attack_record(row: Row, draws: int) -> dict[str, Any]:
+    """The attack behind a row's numbers: its label, settings, in-loop judging and final
+    judging (the runner's own ``draws``, independent of the draws judged in the loop)."""
+    kwargs = row.attack_kwargs
+    settings = {
+        key: kwargs[key]
+        for key in ("norm", "eps", "step", "iterations", "eot", "loss", "weight")
+        if key in kwargs
+    }
+    settings["restarts"] = kwargs.get("restarts", 1)
+    judge_draws = kwargs.get("judge_draws", 0)
+    criterion = kwargs.get("criterion", "worst") if judge_draws else None
+    label = ATTACK_NAMES[row.attack]
+    if settings["restarts"] > 1:
+        label += f" x{settings['restarts']} restarts"
+    if judge_draws:
+        label += f", in-loop N={judge_draws} {criterion} ({INLOOP_NAMES[criterion]})"
+    return {
+        "attack": label if row.attack != "none" else "none",
+        "attack_settings": settings if row.attack != "none" else {},
+        "judging": {
+            "in_loop_draws": judge_draws,
+            "criterion": criterion,
+            "name": INLOOP_NAMES[criterion] if criterion else "one-shot",
+        },
+        "final_judging": {"draws": draws, "aggregations": ["single", "vote", "mean", "worst"]},
+    }
+
+
 def _merge(row: Row, parts: list[dict[str, Any]]) -> dict[str, Any]:
     def cat(name: str):
         if not parts or name not in parts[0]:
@@ -181,7 +215,7 @@ def _merge(row: Row, parts: list[dict[str, Any]]) -> dict[str, Any]:
     out = {
         "key": row.key,
         "method": row.method,
-        "attack": ATTACK_NAMES[row.attack],
+        **attack_record(row, int(cat("preds_adv").shape[0])),
         "gradient": gradient if gradient and row.attack != "none" else "n/a",
         "n": n,
         "clean": aggregate(cat("preds_clean"), y),

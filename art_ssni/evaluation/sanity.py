@@ -3,6 +3,9 @@
 A defence that only hides gradients shows it here: accuracy should fall towards 0 as the
 budget grows, more iterations should never raise robust accuracy materially, the attack
 should beat random noise of the same size, and the undefended classifier should break.
+The attack's own strength is checked too (issue 12): judging in the loop should never leave
+more samples robust than one-shot, and more restarts should never raise robust accuracy
+(both up to ``tolerance``, since the final judging draws are random).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ def sanity_checks(
     draws: int,
     eps_multipliers: Sequence[float] = (0.5, 1, 2, 4, 8),
     iteration_multipliers: Sequence[float] = (0.5, 1, 2),
+    restart_counts: Sequence[int] = (1, 2),
+    judge_draws: int | None = None,
     seed: int = 0,
     tolerance: float = 0.05,
     progress: Callable[[str], None] | None = None,
@@ -57,9 +62,11 @@ def sanity_checks(
     """Run every check; each verdict is reported with the numbers behind it.
 
     ``progress`` receives one line before each of the attacks (they take most of the time).
+    The in-loop check judges over ``judge_draws`` draws (default: ``draws``) with the vote
+    criterion, matching the vote accuracy every check reports.
     """
     attack = {"norm": norm, "iterations": iterations, "eot": eot, "generator": seed}
-    total = len(eps_multipliers) + len(iteration_multipliers) + 2
+    total = len(eps_multipliers) + len(iteration_multipliers) + len(restart_counts) + 3
     done = iter(range(1, total + 1))
 
     def announce(what: str) -> None:
@@ -83,10 +90,20 @@ def sanity_checks(
     x_adv = pgd_eot(model, x, y, **{**attack, "eps": eps, "step": step})
     attacked = _vote(model, x_adv, y, draws)
     random_acc = _vote(model, noisy, y, draws)
+    by_restarts = []
+    for r in restart_counts:
+        announce(f"PGD-EOT with {r} restart(s)")
+        x_r = pgd_eot(model, x, y, **{**attack, "eps": eps, "step": step, "restarts": r})
+        by_restarts.append({"restarts": r, "robust_vote": _vote(model, x_r, y, draws)})
+    in_loop = {"judge_draws": judge_draws or draws, "criterion": "vote"}
+    announce("PGD-EOT judged in the loop")
+    x_loop = pgd_eot(model, x, y, **{**attack, "eps": eps, "step": step, **in_loop})
+    in_loop_acc = _vote(model, x_loop, y, draws)
     announce("the undefended classifier")
     x_und = pgd_eot(undefended, x, y, **{**attack, "eot": 1, "eps": eps, "step": step})
     undefended_acc = _vote(undefended, x_und, y, 1)
     iteration_accs = [r["robust_vote"] for r in by_iterations]
+    restart_accs = [r["robust_vote"] for r in by_restarts]
     checks = {
         "accuracy_falls_with_eps": by_eps[-1]["robust_vote"] <= 0.1,
         "more_iterations_never_help": all(
@@ -94,12 +111,18 @@ def sanity_checks(
             for earlier, later in zip(iteration_accs, iteration_accs[1:])
         ),
         "attack_beats_random_noise": attacked < random_acc - tolerance or random_acc == 0.0,
+        "in_loop_at_most_one_shot": in_loop_acc <= attacked + tolerance,
+        "more_restarts_never_help": all(
+            later <= earlier + tolerance for earlier, later in zip(restart_accs, restart_accs[1:])
+        ),
         "undefended_is_broken": undefended_acc <= tolerance,
     }
     return {
         "by_eps": by_eps,
         "by_iterations": by_iterations,
         "attack_vote": attacked,
+        "by_restarts": by_restarts,
+        "in_loop": {**in_loop, "robust_vote": in_loop_acc},
         "random_noise_vote": random_acc,
         "undefended_vote": undefended_acc,
         "checks": checks,
