@@ -140,9 +140,9 @@ def test_sanity_reports_progress():
         model, model, x, y, norm="Linf", eps=0.1, step=0.05, iterations=1, eot=1, draws=1,
         progress=lines.append,
     )  # fmt: skip
-    assert len(lines) == 10
-    assert lines[0] == "sanity attack 1/10: eps = 0.05"
-    assert lines[-1] == "sanity attack 10/10: the undefended classifier"
+    assert len(lines) == 13  # eps x5, iterations x3, at eps, restarts x2, in-loop, undefended
+    assert lines[0] == "sanity attack 1/13: eps = 0.05"
+    assert lines[-1] == "sanity attack 13/13: the undefended classifier"
 
 
 # 16. reports and CLI extras
