@@ -278,6 +278,7 @@ def test_cli_sampler_and_convention_reach_the_purifier():
 
     args = cli.build_parser().parse_args(
         ["evaluate", "--noise", "fixed", "--attack", "pgd-eot", "--sampler", "sde"]
+        + ["--judge-draws", "0"]
     )
     setup = cli.load_setup(args)
     rows = cli.build_rows(args, setup, cli._settings(args, setup))
