@@ -9,11 +9,13 @@ from .model import (
 )
 from .sampler import (
     SAMPLERS,
+    forward_jump,
     level_table,
     reverse_step,
     run_chain,
     sample,
     sde_step,
+    stride_table,
     timestep_table,
 )
 from .schedule import VPSchedule
@@ -25,6 +27,8 @@ __all__ = [
     "level_time_label",
     "run_chain",
     "sde_step",
+    "forward_jump",
+    "stride_table",
     "DiffusionModel",
     "VPSchedule",
     "continuous_time_label",
