@@ -172,11 +172,17 @@ def phase_projection(
 ) -> torch.Tensor:
     """FreqPure-style x0_hat correction on the frequencies ``disk`` (flat indices):
     amplitude := |reference spectrum|, phase := phi_ref + clip(wrap(phi - phi_ref), +-delta),
-    a real projection of the phase onto [phi_ref - delta, phi_ref + delta]; other
-    frequencies are kept. ``reference`` is the reference image's DFT2 (complex, x0's shape)."""
+    a real projection of the phase onto [phi_ref - delta, phi_ref + delta] (a real-valued
+    frequency, DC or Nyquist, keeps its phase when within delta, else takes phi_ref, so the
+    image stays real); other frequencies are kept. ``reference`` is the reference image's
+    DFT2 (complex, x0's shape)."""
+    height, width = x0.shape[-2:]
     spec = torch.fft.fft2(x0).flatten(-2)
     ref = reference.flatten(-2)[..., disk]
-    offset = torch.angle(spec[..., disk] * ref.conj()).clamp(-delta, delta)
+    offset = torch.angle(spec[..., disk] * ref.conj())
+    row, col = disk // width, disk % width
+    real = ((2 * row) % height == 0) & ((2 * col) % width == 0)
+    offset = torch.where(real & (offset.abs() > delta), 0.0, offset.clamp(-delta, delta))
     projected = ref * torch.polar(torch.ones_like(offset), offset)
     spec = spec.clone()
     spec[..., disk] = projected
