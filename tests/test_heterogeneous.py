@@ -546,3 +546,77 @@ def test_torchattacks_pgd_through_the_defended_classifier(diffusion, images, met
     x_adv = attack(images, torch.arange(6) % 10)
     delta = (x_adv - images).abs()
     assert float(delta.max()) <= 8 / 255 + 1e-6 and float(delta.max()) > 0
+
+
+# --- command line and presets ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["dac", "mani-pure"])
+def test_command_line_runs_both_methods_on_the_embedded_default(tmp_path, method):
+    import json
+
+    from art_ssni.cli import main
+
+    out = tmp_path / method
+    args = ["evaluate", "--method", method, "--n-images", "2", "--batch-size", "2"]
+    args += ["--iterations", "1", "--eot", "1", "--draws", "1", "--steps", "4"]
+    args += ["--noise", "fixed", "--attack", "pgd-eot", "--no-progress", "--no-baseline"]
+    assert main([*args, "--out", str(out)]) == 0
+    (row,) = json.loads((out / "results.json").read_text())["rows"]
+    assert row["method"] == ("DAC" if method == "dac" else "MANI-Pure") + " (t*=60)"
+
+
+def test_embedded_and_preset_purifiers_carry_the_published_settings():
+    import argparse
+
+    from art_ssni.cli import _settings, build_rows, embedded_setup
+    from art_ssni.models.classifiers import NormalizedClassifier
+    from art_ssni.presets import build_purifier, get_preset
+
+    args = argparse.Namespace(
+        method="dac", noise=["fixed"], attack=["pgd-eot"], no_baseline=True, device="cpu",
+        quick=False, steps=None, stats=None,
+    )  # fmt: skip
+    setup = embedded_setup(args)
+    (row,) = build_rows(args, setup, _settings(args, setup))
+    dac = row.model.purifier
+    assert (dac.t_large, dac.t_small, dac.stride, dac.surrogate_stride) == (60, 30, 6, 30)
+    assert dac.mask.layers == ATTENTION_LAYERS["digits"] and dac.mask.threshold == 0.5
+    x = setup.x[:3]
+    counted = RowCounter(setup.diffusion.eps_net)
+    dac.diffusion = DiffusionModel(counted, image_shape=(1, 8, 8))
+    with torch.no_grad():
+        dac(x, generator=0)
+    assert counted.rows == 3 * 10  # DiffPure's 10 steps
+    args.method, args.steps = "dac", 20
+    assert build_rows(args, setup, _settings(args, setup))[0].model.purifier.stride == 3
+    args.noise = ["ssni-l"]
+    ssni = build_rows(args, setup, _settings(args, setup))[0].model.purifier
+    assert ssni.noise.t_star == ssni.t_large == 60  # SSNI's level sets t_large
+    args.method, args.noise = "mani-pure", ["fixed"]
+    mani = build_rows(args, setup, _settings(args, setup))[0].model.purifier
+    assert (mani.t_star, mani.stages, mani.spectral.bands, mani.radius) == (60, ((60, 20),), 4, 2.0)
+
+    cifar = DiffusionModel(TinyEpsNet(), image_shape=(3, 32, 32))
+    wrn = nn.Module()  # module names only: the published layer list must resolve
+    for name in ATTENTION_LAYERS["wrn-28-10"]:
+        parent = wrn
+        for part in name.split(".")[:-1]:
+            if not hasattr(parent, part):
+                parent.add_module(part, nn.Module())
+            parent = getattr(parent, part)
+        parent.add_module(name.split(".")[-1], nn.ReLU())
+    dac = build_purifier("cifar10-linf", "dac", cifar, classifier=wrn)
+    assert (dac.t_large, dac.t_small, dac.stride, dac.resample, dac.votes) == (200, 100, 2, 3, 20)
+    assert dac.mask.threshold == 0.9 and dac.gradient == "surrogate"
+    resnet = NormalizedClassifier(nn.Module(), [0.5] * 3, [0.5] * 3)
+    for i in range(1, 5):
+        resnet.model.add_module(f"layer{i}", nn.Identity())
+    big = DiffusionModel(TinyEpsNet(), image_shape=(3, 256, 256))
+    dac = build_purifier("imagenet-linf", "dac", big, classifier=resnet)
+    assert (dac.t_large, dac.t_small, dac.mask.top_fraction) == (400, 200, 0.15)
+    mani = build_purifier("cifar10-linf", "mani-pure", cifar)
+    assert (mani.t_star, mani.spectral.bands, mani.spectral.gamma, mani.delta) == (100, 8, 1.8, 0.3)
+    assert get_preset("cifar10-linf").method("dac").t_star == 200
+    with pytest.raises(ValueError, match="classifier"):
+        build_purifier("cifar10-linf", "dac", cifar)
