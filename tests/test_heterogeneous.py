@@ -620,3 +620,27 @@ def test_embedded_and_preset_purifiers_carry_the_published_settings():
     assert get_preset("cifar10-linf").method("dac").t_star == 200
     with pytest.raises(ValueError, match="classifier"):
         build_purifier("cifar10-linf", "dac", cifar)
+
+
+def test_paper_commands_for_the_heterogeneous_methods_parse():
+    import re
+    import shlex
+    from pathlib import Path
+
+    from art_ssni.cli import build_parser
+
+    text = (Path(__file__).resolve().parents[1] / "benchmarks" / "PAPER.md").read_text()
+    section = text.split("#### Heterogeneous-noise methods")[1].split("## The settings")[0]
+    (block,) = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    commands = block.replace("\\\n", " ").strip().splitlines()
+    assert len(commands) == 8
+    parser = build_parser()
+    seen = set()
+    for command in commands:
+        words = shlex.split(command)
+        assert words[0] == "art-ssni"
+        args = parser.parse_args(words[1:])
+        seen.add((args.preset, args.method, tuple(args.noise)))
+    assert {(p, m) for p, m, _ in seen} == {
+        (p, m) for p in ("cifar10-linf", "imagenet-linf") for m in ("dac", "mani-pure")
+    }
