@@ -644,3 +644,21 @@ def test_paper_commands_for_the_heterogeneous_methods_parse():
     assert {(p, m) for p, m, _ in seen} == {
         (p, m) for p in ("cifar10-linf", "imagenet-linf") for m in ("dac", "mani-pure")
     }
+
+
+@pytest.mark.parametrize("method", ["dac", "mani"])
+def test_full_gradient_memory_stays_flat_in_the_steps(diffusion, images, method):
+    """The known-region replacement, the detour and the x0 correction run inside the
+    checkpointed step, so each extra step keeps at most one state and its index vectors
+    (the same bound as DiffPure's, tests/test_fidelity.py)."""
+    from test_fidelity import _saved_bytes
+
+    def build(steps):
+        if method == "dac":
+            return DAC(diffusion, mask=half_mask, t_large=40, t_small=20, stride=40 // steps)
+        return MANIPure(diffusion, t_star=40, steps=steps, radius=2)
+
+    state = images.numel() * images.element_size()
+    indices = 3 * images.shape[0] * 8
+    short, long = _saved_bytes(build(4), images, 0), _saved_bytes(build(40), images, 0)
+    assert 0 < (long - short) / 36 <= state + indices
