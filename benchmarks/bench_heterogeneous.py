@@ -2,7 +2,8 @@
 
 For each method, fixed and with SSNI-N: network rows per purified image (counted), seconds
 per image, and the time per network row relative to DiffPure's with the same noise kind
-(1.0 means the method costs exactly its rows). The `full` gradient's memory is the bytes the
+(1.0 means the method costs exactly its rows); the methods are timed round robin,
+``--repeats`` rounds, median. The `full` gradient's memory is the bytes the
 autograd graph keeps for backward (saved-tensor hooks, as bench_core.py; MANI-Pure's graph
 includes its reference call, which is not recomputed) plus one recomputed network call.
 CIFAR-10-sized setting on bench_core's small diffusers UNet (random weights):
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 from pathlib import Path
 
 import torch
@@ -77,27 +79,31 @@ def main() -> None:
             return DAC(diffusion, mask=mask, noise=policy(200) if noise else None, generator=0)
         return MANIPure(diffusion, noise=policy(100) if noise else None, generator=0)
 
+    purifiers = {
+        f"{method}, {noise}": build(method, noise == "ssni-n")
+        for noise in ("fixed", "ssni-n")
+        for method in ("DiffPure", "DAC", "MANI-Pure")
+    }
+    seconds: dict[str, list[float]] = {key: [] for key in purifiers}
     timing = {}
-    for noise in ("fixed", "ssni-n"):
-        for method in ("DiffPure", "DAC", "MANI-Pure"):
-            purifier = build(method, noise == "ssni-n")
-            with torch.no_grad():
+    with torch.no_grad():
+        for _ in range(args.repeats):  # round robin, so that machine load hits all alike
+            for key, purifier in purifiers.items():
                 counter.rows = 0
-                seconds = timed(lambda p=purifier: p(x), args.repeats, device)
-                levels = purifier.levels(x, 0).tolist()
-            rows = counter.rows / (args.repeats * args.batch)
-            timing[f"{method}, {noise}"] = {
-                "rows_per_image": rows,
-                "seconds_per_image": seconds / args.batch,
-                "levels": levels,
-            }
-        base = timing[f"DiffPure, {noise}"]
-        for method in ("DiffPure", "DAC", "MANI-Pure"):
-            entry = timing[f"{method}, {noise}"]
-            per_row = entry["seconds_per_image"] / entry["rows_per_image"]
-            entry["time_per_row_vs_diffpure"] = per_row / (
-                base["seconds_per_image"] / base["rows_per_image"]
-            )
+                seconds[key].append(timed(lambda p=purifier: p(x), 1, device))
+                timing[key] = {
+                    "rows_per_image": counter.rows / args.batch,
+                    "levels": purifier.levels(x, 0).tolist(),
+                }
+    for key, entry in timing.items():
+        entry["seconds_per_image"] = statistics.median(seconds[key]) / args.batch
+        entry["seconds_all_repeats"] = seconds[key]
+    for key, entry in timing.items():
+        base = timing["DiffPure, " + key.split(", ")[1]]
+        per_row = entry["seconds_per_image"] / entry["rows_per_image"]
+        entry["time_per_row_vs_diffpure"] = per_row / (
+            base["seconds_per_image"] / base["rows_per_image"]
+        )
 
     xg = x.clone().requires_grad_(True)
     call = saved_bytes(lambda: diffusion.eps(xg * 2 - 1, torch.full((args.batch,), 100))) / 2**20
