@@ -3,6 +3,7 @@
 ``art-ssni evaluate`` with no arguments runs the embedded default (scikit-learn digits, the
 shipped classifier and diffusion model): no defence, DiffPure with a fixed level, and DiffPure
 with SSNI-L and SSNI-N, under the paper's PGD-EOT attack and the selector-aware attack.
+``--method`` picks DiffPure, GDMP, GNS, DAC or MANI-Pure.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .evaluation.runner import (
 )
 from .models.defended import DefendedClassifier
 from .noise import EPSNorm, ReferenceStats, SSNILinear, SSNISigmoid
-from .purification import GDMP, GNS, DiffPure
+from .purification import DAC, GDMP, GNS, DiffPure, MANIPure
 from .sources import (
     DIGITS_DEFAULTS,
     CommandError,
@@ -43,7 +44,9 @@ from .sources import (
 )
 
 NOISES = ("fixed", "ssni-l", "ssni-n")
-METHODS = {"diffpure": DiffPure, "gdmp": GDMP, "gns": GNS}
+METHODS = {"diffpure": DiffPure, "gdmp": GDMP, "gns": GNS, "dac": DAC, "mani-pure": MANIPure}
+LABELS = {"diffpure": "DiffPure", "gdmp": "GDMP", "gns": "GNS", "dac": "DAC"}
+LABELS["mani-pure"] = "MANI-Pure"
 
 
 QUICK = {
@@ -62,6 +65,34 @@ ATTACK_DEFAULTS: dict[str, Any] = {
     "criterion": ["worst", "vote"],
     "max_rows": 256,
 }
+
+# --- heterogeneous noise (issue 10) ---------------------------------------------------------
+
+
+def _method_kwargs(
+    args: argparse.Namespace, setup: Setup, settings: dict[str, Any], classifier: torch.nn.Module
+) -> dict[str, Any]:
+    """The purifier's constructor arguments: the setup's, at the run's t* and steps. DAC's
+    t* is t_large (t_small keeps its ratio) and ``--steps`` sets its grid stride."""
+    from .presets import materialise_kwargs
+
+    kwargs = dict(setup.purifier_kwargs.get(args.method, {}))
+    if args.method == "dac":
+        t_large = settings["t_star"]
+        ratio = Fraction(kwargs["t_small"], kwargs["t_large"])
+        kwargs.update(t_large=t_large, t_small=max(1, round(t_large * ratio)))
+        if getattr(args, "steps", None) is not None:
+            kwargs["stride"] = -(-t_large // args.steps)
+    elif args.method != "gns":
+        kwargs.update(
+            t_star=settings["t_star"],
+            steps=settings["steps"],
+            surrogate_steps=settings["surrogate_steps"],
+        )
+    return materialise_kwargs(args.method, kwargs, classifier)
+
+
+# --- end of heterogeneous noise --------------------------------------------------------------
 
 
 def _parse_eps(text: str) -> float:
@@ -410,17 +441,15 @@ def build_rows(args: argparse.Namespace, setup: Setup, settings: dict[str, Any])
         rows.append(Row(key, "No defence", undefended, asked[0], {**attack, "eot": 1}))
     eps_norm = EPSNorm(diffusion, settings["num_levels"]) if setup.stats is not None else None
     method = METHODS[args.method]
-    label = {"diffpure": "DiffPure", "gdmp": "GDMP", "gns": "GNS"}[args.method]
+    label = LABELS[args.method]
     for noise in args.noise:
         policy = _policy(noise, setup, settings, eps_norm)
-        kwargs = dict(setup.purifier_kwargs.get(args.method, {}))
-        if args.method != "gns":
-            kwargs.update(
-                t_star=settings["t_star"],
-                steps=settings["steps"],
-                surrogate_steps=settings["surrogate_steps"],
-            )
+        kwargs = _method_kwargs(args, setup, settings, classifier)
         if settings.get("sampler"):
+            if args.method in ("dac", "mani-pure"):
+                raise CommandError(
+                    f"--sampler applies to diffpure, gdmp and gns, not {args.method}"
+                )
             kwargs["sampler"] = settings["sampler"]
         purifier = method(diffusion, noise=policy, gradient=settings["gradient"], **kwargs)
         model = DefendedClassifier(

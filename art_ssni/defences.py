@@ -1,4 +1,5 @@
-"""ART ``PreprocessorPyTorch`` defences: DiffPure, GDMP and GNS with any noise policy.
+"""ART ``PreprocessorPyTorch`` defences: DiffPure, GDMP, GNS, DAC and MANI-Pure with any noise
+policy.
 
 ART 1.20's ``PyTorchClassifier`` runs ``forward`` with autograd for loss and class
 gradients and under ``no_grad`` for predictions, on the whole input array at once; the
@@ -16,6 +17,7 @@ from art.estimators.classification import PyTorchClassifier
 
 from .diffusion.model import DiffusionModel
 from .purification.engine import Purifier
+from .purification.heterogeneous import DAC, MANIPure
 from .purification.methods import GDMP, GNS, DiffPure
 
 
@@ -157,6 +159,19 @@ class GNSPyTorch(_PurificationPreprocessor):
     """ART defence: :class:`~art_ssni.purification.GNS` (keyword arguments pass through)."""
 
     purifier_class = GNS
+
+
+class DACPyTorch(_PurificationPreprocessor):
+    """ART defence: :class:`~art_ssni.purification.DAC` (keyword arguments pass through;
+    ``mask`` is required)."""
+
+    purifier_class = DAC
+
+
+class MANIPurePyTorch(_PurificationPreprocessor):
+    """ART defence: :class:`~art_ssni.purification.MANIPure` (keyword arguments pass through)."""
+
+    purifier_class = MANIPure
 
 
 class VotingPyTorchClassifier(PyTorchClassifier):

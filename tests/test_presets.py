@@ -157,7 +157,8 @@ def test_build_purifier_validates(cifar_diffusion):
 
 
 def test_build_noise_kinds(cifar_diffusion, cifar_stats):
-    assert METHODS == ("diffpure", "gdmp", "gns") and NOISE_KINDS == ("fixed", "ssni-l", "ssni-n")
+    assert METHODS == ("diffpure", "gdmp", "gns", "dac", "mani-pure")
+    assert NOISE_KINDS == ("fixed", "ssni-l", "ssni-n")
     fixed = build_noise("cifar10-linf", "gns", "fixed", cifar_diffusion)
     assert isinstance(fixed, FixedNoise) and fixed.t_star == 125
     linear = build_noise("cifar10-linf", "diffpure", "ssni-l", cifar_diffusion, cifar_stats)

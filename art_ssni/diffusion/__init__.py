@@ -10,11 +10,13 @@ from .model import (
 )
 from .sampler import (
     SAMPLERS,
+    forward_jump,
     level_table,
     reverse_step,
     run_chain,
     sample,
     sde_step,
+    stride_table,
     timestep_table,
 )
 from .schedule import VPSchedule
@@ -27,6 +29,8 @@ __all__ = [
     "run_chain",
     "sde_step",
     "time_convention",
+    "forward_jump",
+    "stride_table",
     "DiffusionModel",
     "VPSchedule",
     "continuous_time_label",

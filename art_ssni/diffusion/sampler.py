@@ -10,11 +10,14 @@ Two step rules share one driver (:func:`run_chain`):
 - :func:`sde_step`, one Euler-Maruyama step of the reverse VP-SDE (DiffPure's solver) on
   continuous levels.
 
-Hooks (general mechanisms any method can use): ``denoised`` corrects x0_hat inside a step
-(``clip_denoised`` is the clamp to [-1, 1]), after which eps is re-derived from the corrected
-x0_hat so that the update is the posterior mean of q(x_s | x_t, x0_hat); ``guide`` shifts the
-step's mean. Random draws a step needs are made by the driver before the step runs, so a step
-is a pure function of its inputs and can be recomputed in the backward pass.
+Hooks (general mechanisms any method can use): ``known`` replaces a known region of x_t
+before the network sees it (inpainting, DAC); ``detour`` first moves x_t forward by U DDPM
+transitions t -> t + U (resampling, DAC) so the step jumps from t + U; ``denoised`` corrects
+x0_hat inside a step (``clip_denoised`` is the clamp to [-1, 1]; MANI-Pure's spectral
+projection), after which eps is re-derived from the corrected x0_hat so that the update is the
+posterior mean of q(x_s | x_t, x0_hat); ``guide`` shifts the step's mean. Random draws a step
+needs are made by the driver before the step runs (``run_chain``'s ``draws``), so a step is a
+pure function of its inputs and can be recomputed in the backward pass.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ Guide = Callable[
 x_t's shape made for the guide, ``rows`` the batch indices of these samples."""
 Denoised = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``denoised(x0_hat, t, rows)`` -> corrected x0_hat (for example a clamp or a projection)."""
+Known = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``known(x_t, t, rows, noise)`` -> x_t with a known region replaced, typically
+M x_t + (1 - M) q_sample(x_input, t, noise); ``noise`` is a fresh draw made by the driver."""
 Step = Callable[..., torch.Tensor]
 
 SAMPLERS = ("ddpm", "ddim", "sde")
@@ -78,6 +84,40 @@ def level_table(levels: torch.Tensor, steps: int) -> torch.Tensor:
     return levels[:, None].double() * remaining / k.clamp(min=1)[:, None].double()
 
 
+def stride_table(high: torch.Tensor, low: torch.Tensor, stride: int) -> torch.Tensor:
+    """(B, max_i K_i + 1) table from level high_i down to low_i <= high_i on a grid of
+    ``stride``: K_i = ceil((high_i - low_i) / stride) steps (one when the stride exceeds the
+    span, none when high_i = low_i), tau_j = low_i + round((high_i - low_i)(K_i - j) / K_i)
+    (half up), then low_i repeated (finished rows have t = s and take no step)."""
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride must be an integer >= 1, got {stride!r}")
+    if high.shape != low.shape or high.dim() != 1:
+        raise ValueError(
+            f"high and low must be 1-D of one shape, got {tuple(high.shape)}, {tuple(low.shape)}"
+        )
+    high, low = high.long(), low.long()
+    span = high - low
+    if span.numel() and (int(span.min()) < 0 or int(low.min()) < 0):
+        raise ValueError("need 0 <= low <= high for every sample")
+    k = (span + stride - 1) // stride
+    width = int(k.max()) if k.numel() else 0
+    j = torch.arange(width + 1, device=high.device)
+    remaining = (k[:, None] - j[None, :]).clamp(min=0)
+    denom = k.clamp(min=1)[:, None]
+    return low[:, None] + (2 * span[:, None] * remaining + denom) // (2 * denom)
+
+
+def forward_jump(
+    model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, u: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    """u composed forward DDPM transitions from level t to t + u in one exact draw:
+    x_{t+u} = sqrt(abar_{t+u} / abar_t) x_t + sqrt(1 - abar_{t+u} / abar_t) z."""
+    ratio = (model.schedule.abar(t + u, x_t.dtype) / model.schedule.abar(t, x_t.dtype)).view(
+        -1, 1, 1, 1
+    )
+    return ratio.sqrt() * x_t + (1 - ratio).clamp(min=0).sqrt() * noise
+
+
 def ddim_mean(
     model: DiffusionModel,
     x_t: torch.Tensor,
@@ -89,14 +129,32 @@ def ddim_mean(
     denoised: Denoised | None = None,
     guide: Guide | None = None,
     guide_noise: torch.Tensor | None = None,
+    known: Known | None = None,
+    known_noise: torch.Tensor | None = None,
+    detour: int = 0,
+    detour_noise: torch.Tensor | None = None,
     rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The deterministic part of :func:`reverse_step`: its mean and its noise scale c1."""
+    """The deterministic part of :func:`reverse_step`: its mean and its noise scale c1.
+
+    Before the network call, ``known`` replaces a region of x_t (with ``known_noise``), then a
+    ``detour`` of U >= 1 moves x_t forward to level min(t + U, N) with ``detour_noise``
+    (:func:`forward_jump`), and the step is taken from that level to s.
+    """
+    if rows is None:
+        rows = torch.arange(x_t.shape[0], device=x_t.device)
+    if known is not None:
+        if known_noise is None:
+            raise ValueError("a known-region step needs known_noise (drawn by the sampler)")
+        x_t = known(x_t, t, rows, known_noise)
+    if detour:
+        if detour_noise is None:
+            raise ValueError("a detour step needs detour_noise (drawn by the sampler)")
+        up = (t + detour).clamp(max=model.schedule.num_steps)
+        x_t, t = forward_jump(model, x_t, t, up - t, detour_noise), up
     shape = (-1, 1, 1, 1)
     abar_t = model.schedule.abar(t, x_t.dtype).view(shape)
     abar_s = model.schedule.abar(s, x_t.dtype).view(shape)
-    if rows is None:
-        rows = torch.arange(x_t.shape[0], device=x_t.device)
     eps = model.eps(x_t, t)
     x0 = (x_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
     if denoised is not None or clip_denoised:
@@ -174,33 +232,41 @@ def run_chain(
     *,
     generator: torch.Generator | None = None,
     guide_noise: bool = False,
+    draws: int = 0,
     checkpoint: bool = False,
 ) -> torch.Tensor:
-    """Drive ``step(x, t, s, guide_noise, rows) -> (mean, scale)`` along a level table;
-    each step's new state is mean + scale z.
+    """Drive ``step(x, t, s, aux, rows) -> (mean, scale)`` along a level table; each step's
+    new state is mean + scale z. A row runs while t > s (finished rows repeat their level).
 
-    Step j draws one standard normal z of the whole batch's shape from ``generator`` (and a
-    second one for a guide), whatever rows are still running, so results depend only on the
-    seed. With ``checkpoint=True`` (and grad enabled) the deterministic part of every step is
-    recomputed in the backward pass: a step keeps only its input x_t (and a guide's draw),
+    Step j draws one standard normal z of the whole batch's shape from ``generator``, then
+    ``draws`` more, handed to the step as the tuple ``aux`` (``guide_noise=True`` is one draw
+    handed as a tensor: a guide's), whatever rows are still running, so results depend only
+    on the seed. With ``checkpoint=True`` (and grad enabled) the deterministic part of every
+    step is recomputed in the backward pass: a step keeps only its input x_t (and its draws),
     so the memory of an exact gradient does not grow with the number of steps.
     """
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 0:
+        raise ValueError(f"draws must be an integer >= 0, got {draws!r}")
+    if guide_noise and draws:
+        raise ValueError("give either guide_noise or draws, not both")
     for j in range(table.shape[1] - 1):
         t, s = table[:, j], table[:, j + 1]
         noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        aux = (
+        extra = [
             randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            if guide_noise
-            else None
-        )
-        running = t > 0
+            for _ in range(draws + bool(guide_noise))
+        ]
+        running = t > s
         everyone = bool(running.all())
         rows = torch.arange(x.shape[0], device=x.device) if everyone else running.nonzero()[:, 0]
-        if not everyone:
-            x_in, t, s, noise = x[rows], t[rows], s[rows], noise[rows]
-            aux = aux[rows] if aux is not None else None
-        else:
+        if not rows.numel():
+            continue
+        if everyone:
             x_in = x
+        else:
+            x_in, t, s, noise = x[rows], t[rows], s[rows], noise[rows]
+            extra = [e[rows] for e in extra]
+        aux = extra[0] if guide_noise else (tuple(extra) if draws else None)
         if checkpoint and torch.is_grad_enabled():
             mean, scale = _checkpoint(step, x_in, t, s, aux, rows, use_reentrant=False)
         else:

@@ -1,11 +1,25 @@
 """Noise-level policies: fixed t*, EPS norms with their reference statistics, SSNI-L/N.
 
+Heterogeneous noise (the later methods): :class:`AttentionMask` (DAC's region mask) and
+:class:`SpectralNoise` (MANI-Pure's magnitude-adaptive noise).
+
 A policy is called as ``policy(x, generator=None)`` with x in [0, 1] and returns a LongTensor
 of B levels; it exposes ``t_star``, the level it is calibrated around.
 """
 
+from .attention import ATTENTION_LAYERS, AttentionMask
 from .eps import EPSNorm, ReferenceStats
 from .fixed import FixedNoise
+from .spectral import SpectralNoise
 from .ssni import SSNILinear, SSNISigmoid
 
-__all__ = ["EPSNorm", "FixedNoise", "ReferenceStats", "SSNILinear", "SSNISigmoid"]
+__all__ = [
+    "ATTENTION_LAYERS",
+    "AttentionMask",
+    "EPSNorm",
+    "FixedNoise",
+    "ReferenceStats",
+    "SSNILinear",
+    "SSNISigmoid",
+    "SpectralNoise",
+]

@@ -24,7 +24,7 @@ from torch import nn
 
 from .._rng import SeedLike, as_generator, randn
 from ..diffusion.model import DiffusionModel
-from ..diffusion.sampler import SAMPLERS, Guide, sample
+from ..diffusion.sampler import SAMPLERS, Denoised, Guide, sample
 from ..noise.fixed import FixedNoise
 from ..validation import check_images, check_number
 
@@ -198,13 +198,16 @@ class Purifier(nn.Module):
     ) -> torch.Tensor:
         """Noise x (the [-1, 1] scale, unclamped) to each sample's level and denoise it back."""
         noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_t = self.diffusion.q_sample(x, levels, noise)
+        x_t = self.noised(x, levels, noise)
         hooks = {} if self.sampler == "sde" else {"eta": self.eta}
         if self.clip_denoised:
             hooks["clip_denoised"] = True
         guide = self.guide(x)
         if guide is not None:
             hooks["guide"] = guide
+        denoised = self.denoised(x, levels, generator)
+        if denoised is not None:
+            hooks["denoised"] = denoised
         x0 = sample(
             self.diffusion,
             x_t,
@@ -219,6 +222,18 @@ class Purifier(nn.Module):
 
     def guide(self, x: torch.Tensor) -> Guide | None:
         """Guidance toward the stage input x (none here; GDMP overrides)."""
+        return None
+
+    def noised(self, x: torch.Tensor, levels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The stage's forward noising of x with the standard normal draw ``noise``
+        (q_sample here; MANI-Pure shapes the draw)."""
+        return self.diffusion.q_sample(x, levels, noise)
+
+    def denoised(
+        self, x: torch.Tensor, levels: torch.Tensor, generator: torch.Generator | None
+    ) -> Denoised | None:
+        """A correction of x0_hat at every reverse step of a stage with input x (none here;
+        MANI-Pure overrides). It may draw from ``generator`` once, before the chain."""
         return None
 
     def _generator(self, generator: SeedLike) -> torch.Generator | None:
