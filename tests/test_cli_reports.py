@@ -37,7 +37,7 @@ def paper_commands() -> list[list[str]]:
 
 def test_every_paper_command_parses():
     commands = paper_commands()
-    assert len(commands) == 41  # 2 stats + 36 table rows + 3 sampler-ablation rows
+    assert len(commands) == 49  # 2 stats, 36 table rows, 3 sampler rows, 8 DAC/MANI-Pure rows
     parser = build_parser()
     evaluate, samplers = 0, []
     for words in commands:
@@ -47,7 +47,7 @@ def test_every_paper_command_parses():
             assert args.runs == 3 and args.preset in list_presets()
             if args.preset == "cifar10-sampler":
                 samplers.append(args.sampler)
-    assert evaluate == 39
+    assert evaluate == 47
     assert samplers == list(get_preset("cifar10-sampler").samplers)
 
 
