@@ -561,6 +561,7 @@ def test_command_line_runs_both_methods_on_the_embedded_default(tmp_path, method
     args = ["evaluate", "--method", method, "--n-images", "2", "--batch-size", "2"]
     args += ["--iterations", "1", "--eot", "1", "--draws", "1", "--steps", "4"]
     args += ["--noise", "fixed", "--attack", "pgd-eot", "--no-progress", "--no-baseline"]
+    args += ["--judge-draws", "0"]
     assert main([*args, "--out", str(out)]) == 0
     (row,) = json.loads((out / "results.json").read_text())["rows"]
     assert row["method"] == ("DAC" if method == "dac" else "MANI-Pure") + " (t*=60)"
@@ -569,13 +570,14 @@ def test_command_line_runs_both_methods_on_the_embedded_default(tmp_path, method
 def test_embedded_and_preset_purifiers_carry_the_published_settings():
     import argparse
 
-    from art_ssni.cli import _settings, build_rows, embedded_setup
+    from art_ssni.cli import _settings, build_rows
     from art_ssni.models.classifiers import NormalizedClassifier
     from art_ssni.presets import build_purifier, get_preset
+    from art_ssni.sources import embedded_setup
 
     args = argparse.Namespace(
         method="dac", noise=["fixed"], attack=["pgd-eot"], no_baseline=True, device="cpu",
-        quick=False, steps=None, stats=None,
+        quick=False, steps=None, stats=None, judge_draws=0,
     )  # fmt: skip
     setup = embedded_setup(args)
     (row,) = build_rows(args, setup, _settings(args, setup))
