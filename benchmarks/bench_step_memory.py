@@ -91,7 +91,7 @@ def main(argv=None) -> None:
     record = {
         "benchmark": "full-gradient memory, DiffPure t*=100 on the embedded digits model",
         "batch": args.batch,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch "
+        "machine": f"{platform.machine()}, one torch thread per child process, torch "
         f"{torch.__version__}",
         "rows": rows,
     }
