@@ -231,7 +231,6 @@ def run_chain(
     table: torch.Tensor,
     *,
     generator: torch.Generator | None = None,
-    guide_noise: bool = False,
     draws: int = 0,
     checkpoint: bool = False,
 ) -> torch.Tensor:
@@ -239,22 +238,20 @@ def run_chain(
     new state is mean + scale z. A row runs while t > s (finished rows repeat their level).
 
     Step j draws one standard normal z of the whole batch's shape from ``generator``, then
-    ``draws`` more, handed to the step as the tuple ``aux`` (``guide_noise=True`` is one draw
-    handed as a tensor: a guide's), whatever rows are still running, so results depend only
-    on the seed. With ``checkpoint=True`` (and grad enabled) the deterministic part of every
-    step is recomputed in the backward pass: a step keeps only its input x_t (and its draws),
-    so the memory of an exact gradient does not grow with the number of steps.
+    ``draws`` more, handed to the step as the tuple ``aux`` (None without draws), whatever
+    rows are still running, so results depend only on the seed. With ``checkpoint=True`` (and
+    grad enabled) the deterministic part of every step is recomputed in the backward pass: a
+    step keeps only its input x_t (and its draws), so the memory of an exact gradient does not
+    grow with the number of steps.
     """
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 0:
         raise ValueError(f"draws must be an integer >= 0, got {draws!r}")
-    if guide_noise and draws:
-        raise ValueError("give either guide_noise or draws, not both")
     for j in range(table.shape[1] - 1):
         t, s = table[:, j], table[:, j + 1]
         noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         extra = [
             randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            for _ in range(draws + bool(guide_noise))
+            for _ in range(draws)
         ]
         running = t > s
         everyone = bool(running.all())
@@ -266,7 +263,7 @@ def run_chain(
         else:
             x_in, t, s, noise = x[rows], t[rows], s[rows], noise[rows]
             extra = [e[rows] for e in extra]
-        aux = extra[0] if guide_noise else (tuple(extra) if draws else None)
+        aux = tuple(extra) if draws else None
         if checkpoint and torch.is_grad_enabled():
             mean, scale = _checkpoint(step, x_in, t, s, aux, rows, use_reentrant=False)
         else:
@@ -321,7 +318,7 @@ def sample(
             clip_denoised=clip_denoised,
             denoised=denoised,
             guide=guide,
-            guide_noise=aux,
+            guide_noise=aux[0] if aux else None,
             rows=rows,
         )
 
@@ -330,6 +327,6 @@ def sample(
         x_t,
         timestep_table(levels, steps),
         generator=generator,
-        guide_noise=guide is not None,
+        draws=int(guide is not None),
         checkpoint=checkpoint,
     )

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._compat import import_torchvision
+from ..validation import refuse_html
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -101,14 +102,7 @@ def _read_checkpoint(path: Path, what: str) -> object:
     size = path.stat().st_size
     if size == 0:
         raise ValueError(f"{what} file {path} is empty (0 bytes): the download did not finish")
-    with open(path, "rb") as handle:
-        head = handle.read(512).lstrip().lower()
-    if head.startswith((b"<!doctype", b"<html")):
-        raise ValueError(
-            f"{what} file {path} is an HTML page, not weights: the download saved an error or "
-            "confirmation page (Google Drive does this when its quota is exceeded); download "
-            "the file again and check its size"
-        )
+    refuse_html(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

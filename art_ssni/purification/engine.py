@@ -199,24 +199,18 @@ class Purifier(nn.Module):
         """Noise x (the [-1, 1] scale, unclamped) to each sample's level and denoise it back."""
         noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x_t = self.noised(x, levels, noise)
-        hooks = {} if self.sampler == "sde" else {"eta": self.eta}
-        if self.clip_denoised:
-            hooks["clip_denoised"] = True
-        guide = self.guide(x)
-        if guide is not None:
-            hooks["guide"] = guide
-        denoised = self.denoised(x, levels, generator)
-        if denoised is not None:
-            hooks["denoised"] = denoised
         x0 = sample(
             self.diffusion,
             x_t,
             levels,
             steps,
             sampler=self.sampler,
+            eta=self.eta,
             generator=generator,
+            clip_denoised=self.clip_denoised,
+            denoised=self.denoised(x, levels, generator),
+            guide=self.guide(x),
             checkpoint=checkpoint,
-            **hooks,
         )
         return torch.where((levels > 0).view(-1, 1, 1, 1), x0, x)
 

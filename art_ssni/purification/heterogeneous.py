@@ -122,6 +122,7 @@ class DAC(Purifier):
         low = (2 * high * self.t_small + self.t_large) // (2 * self.t_large)
         mask = self.region(x)
         model = self.diffusion
+        dtype = x.dtype
         x = 2 * x.to(model.dtype) - 1
         noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x_t = model.q_sample(x, high, noise)
@@ -156,7 +157,7 @@ class DAC(Purifier):
             checkpoint=checkpoint,
         )
         out = torch.where((high > 0).view(-1, 1, 1, 1), out, x)
-        return ((out + 1) / 2).clamp(0, 1).to(x.dtype)
+        return ((out + 1) / 2).clamp(0, 1).to(dtype)
 
 
 def low_frequency_disk(height: int, width: int, radius: float, device=None) -> torch.Tensor:
