@@ -209,6 +209,20 @@ def test_same_seed_same_output(diffusion, images, method):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+@pytest.mark.parametrize("method", ["dac", "mani-pure"])
+def test_output_keeps_the_callers_dtype(diffusion, images, method):
+    purifier = (
+        DAC(diffusion, mask=half_mask, t_large=10, t_small=4)
+        if method == "dac"
+        else MANIPure(diffusion, t_star=10, steps=5)
+    )
+    with torch.no_grad():
+        out64 = purifier(images.double(), generator=1)
+        out32 = purifier(images, generator=1)
+    assert out64.dtype == torch.float64
+    torch.testing.assert_close(out64.float(), out32)
+
+
 def test_dac_bad_inputs(diffusion, images):
     for kwargs, message in [
         ({"mask": None}, "mask must be a callable"),
