@@ -44,6 +44,8 @@ from .sources import (
 )
 
 NOISES = ("fixed", "ssni-l", "ssni-n")
+# A setup may tune the bias per reweighting (the paper tunes b per method); --bias sets both.
+PER_NOISE_BIAS = {"ssni-l": "bias_ssni_l", "ssni-n": "bias_ssni_n"}
 METHODS = {"diffpure": DiffPure, "gdmp": GDMP, "gns": GNS, "dac": DAC, "mani-pure": MANIPure}
 LABELS = {"diffpure": "DiffPure", "gdmp": "GDMP", "gns": "GNS", "dac": "DAC"}
 LABELS["mani-pure"] = "MANI-Pure"
@@ -172,7 +174,8 @@ def _epilog() -> str:
     from .presets import list_presets
 
     return (
-        f"presets: digits (embedded, the default), {', '.join(list_presets())}; "
+        f"presets: digits (embedded, the default), cifar10-embedded (shipped CIFAR-10 "
+        f"models), {', '.join(list_presets())}; "
         f"methods: {', '.join(sorted(METHODS))}; noise: {', '.join(NOISES)}; "
         f"attacks: {', '.join(sorted(ATTACKS))}"
     )
@@ -186,7 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--preset", default="digits", help="digits (embedded) or a paper preset")
+        p.add_argument(
+            "--preset",
+            default="digits",
+            help="digits or cifar10-embedded (shipped models), or a paper preset",
+        )
         p.add_argument("--method", default="diffpure", choices=sorted(METHODS))
         p.add_argument("--diffusion-checkpoint", help="diffusion model file or folder")
         p.add_argument("--classifier-checkpoint", help="classifier checkpoint file")
@@ -339,6 +346,7 @@ def _settings(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
     settings = {**ATTACK_DEFAULTS, **setup.defaults}
     if args.quick:
         settings.update(QUICK)
+        settings.update(setup.quick)
     for name in (
         "t_star",
         "steps",
@@ -364,6 +372,9 @@ def _settings(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
         value = getattr(args, name, None)
         if value is not None:
             settings[name] = value
+    if getattr(args, "bias", None) is not None:
+        for noise in PER_NOISE_BIAS.values():
+            settings.pop(noise, None)
     if getattr(args, "n_images", None) is None:
         settings["n_images"] = min(settings["n_images"], int(setup.x.shape[0]))
     if getattr(args, "method", None) == "gns":
@@ -414,7 +425,8 @@ def _policy(noise: str, setup: Setup, settings: dict[str, Any], eps_norm: EPSNor
         raise CommandError(
             "SSNI needs reference statistics: pass --stats FILE (make one with `art-ssni stats`)"
         )
-    t_star, bias = settings["t_star"], settings["bias"]
+    t_star = settings["t_star"]
+    bias = settings.get(PER_NOISE_BIAS[noise], settings["bias"])
     if noise == "ssni-l":
         return SSNILinear(eps_norm, setup.stats, t_star, bias)
     return SSNISigmoid(eps_norm, setup.stats, t_star, bias, settings["tau"])
@@ -622,7 +634,7 @@ def _results(
 ) -> dict[str, Any]:
     ssni = any(noise != "fixed" for noise in args.noise)
     defence_keys = ["t_star", "steps", "surrogate_steps", "gradient", "num_levels"]
-    defence_keys += ["tau", "bias"] if ssni else []
+    defence_keys += ["tau", "bias", *PER_NOISE_BIAS.values()] if ssni else []
     defence_keys += ["stages", "surrogate_stages"]
     return {
         "config": {

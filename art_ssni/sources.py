@@ -38,6 +38,7 @@ class Setup:
     std: Sequence[float] | None = None
     purify_size: tuple[int, int] | None = None
     purifier_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    quick: dict[str, Any] = field(default_factory=dict)
 
 
 # The embedded default's settings, chosen by benchmarks/sweep_embedded.py (benchmarks/README.md).
@@ -83,10 +84,69 @@ EMBEDDED_KWARGS: dict[str, dict[str, Any]] = {
 }
 
 
-def _zoo_stats_path() -> Path:
+# The CIFAR-10 embedded preset (issue 11): the cifar10-linf protocol (each method's published
+# t*, Linf 8/255) on the shipped CIFAR-10 models, sized for a CPU: 64 of the 512 shipped
+# images, 10 PGD iterations of 2/255 with one EOT draw, 5 defence draws. DiffPure runs t* = 100
+# in 20 DDPM steps (stride 5) and is attacked through its exact gradient ("full"); GDMP and GNS
+# keep their published steps and are attacked through their surrogates. tau and the biases
+# are those benchmarks/sweep_cifar10.py chose on training images, read from the model card.
+CIFAR10_EMBEDDED_DEFAULTS: dict[str, Any] = {
+    "gradient": "surrogate",
+    "num_levels": 20,
+    "tau": None,
+    "bias": 0,
+    "norm": "Linf",
+    "eps": 8 / 255,
+    "step": 2 / 255,
+    "iterations": 10,
+    "eot": 1,
+    "n_images": 64,
+    "draws": 5,
+    "batch_size": 64,
+    "selector_weight": 0.5,
+    "judge_draws": 0,
+}
+CIFAR10_EMBEDDED_DIFFPURE: dict[str, Any] = {"steps": 20, "surrogate_steps": 5, "gradient": "full"}
+# --quick on CIFAR-10: 8 images and 10 reverse steps (a smoke run, not a result).
+CIFAR10_EMBEDDED_QUICK: dict[str, Any] = {"n_images": 8, "steps": 10, "surrogate_steps": 2}
+
+
+def _cifar10_embedded_methods(method: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The cifar10-linf preset's settings of every method (GNS's stages reach 125, inside the
+    UNet's 300 trained levels; DAC reads the CompactCNN's three blocks), and ``method``'s
+    t* and steps as defaults."""
+    from .presets import get_preset
+
+    paper = get_preset("cifar10-linf")
+    kwargs = {m.method: m.kwargs() for m in paper.methods}
+    kwargs["dac"]["mask_layers"] = ATTENTION_LAYERS["compact-cnn"]
+    chosen = paper.method(method)
+    own = kwargs[method]
+    defaults = {
+        "t_star": chosen.t_star,
+        "steps": own.get("steps"),
+        "surrogate_steps": own.get("surrogate_steps"),
+    }
+    if method == "diffpure":
+        defaults.update(CIFAR10_EMBEDDED_DIFFPURE)
+    return defaults, kwargs
+
+
+def _zoo_stats(args: argparse.Namespace, file: str) -> ReferenceStats | None:
+    """The ``--stats`` file, else the shipped one (``None`` when neither exists)."""
     from .models.zoo import zoo_root
 
-    return zoo_root() / "digits_stats.safetensors"
+    path = Path(args.stats) if getattr(args, "stats", None) else zoo_root() / file
+    if path.exists():
+        return ReferenceStats.load(path)
+    if getattr(args, "stats", None):
+        raise CommandError(f"no statistics file at {path}")
+    return None
+
+
+def _embedded_diffusion(args: argparse.Namespace, net: torch.nn.Module, shape, name: str):
+    schedule, label = time_convention("discrete", getattr(args, "convention", None) or "as-trained")
+    return DiffusionModel(net, schedule, time_label=label, image_shape=shape, name=name)
 
 
 def _subset(n_total: int, n: int, seed: int) -> torch.Tensor:
@@ -103,17 +163,9 @@ def embedded_setup(args: argparse.Namespace, split: str = "test") -> Setup:
     from .data.digits import load_digits
     from .models.zoo import load_embedded_classifier, load_embedded_eps_net
 
-    schedule, label = time_convention("discrete", getattr(args, "convention", None) or "as-trained")
-    diffusion = DiffusionModel(
-        load_embedded_eps_net(), schedule, time_label=label, image_shape=(1, 8, 8), name="digits"
-    )
+    diffusion = _embedded_diffusion(args, load_embedded_eps_net(), (1, 8, 8), "digits")
     x, y = load_digits(split)
-    stats = None
-    path = Path(args.stats) if getattr(args, "stats", None) else _zoo_stats_path()
-    if path.exists():
-        stats = ReferenceStats.load(path)
-    elif getattr(args, "stats", None):
-        raise CommandError(f"no statistics file at {path}")
+    stats = _zoo_stats(args, "digits_stats.safetensors")
     return Setup(
         "digits",
         diffusion,
@@ -124,6 +176,44 @@ def embedded_setup(args: argparse.Namespace, split: str = "test") -> Setup:
         DIGITS_DEFAULTS,
         purifier_kwargs=EMBEDDED_KWARGS,
     )
+
+
+def cifar10_embedded_setup(args: argparse.Namespace, split: str = "test") -> Setup:
+    """The shipped CIFAR-10 models; "test" is the 512 shipped images, "train" (for
+    ``art-ssni stats``) reads the training JPEGs from ``--data-dir`` (default shared/data)."""
+    from .models.zoo import (
+        CIFAR10_FILES,
+        load_embedded_cifar10_classifier,
+        load_embedded_cifar10_eps_net,
+        load_embedded_cifar10_images,
+        load_zoo_manifest,
+    )
+
+    net = load_embedded_cifar10_eps_net()
+    diffusion = _embedded_diffusion(args, net, (3, 32, 32), "cifar10-embedded")
+    if split == "test":
+        x, y = load_embedded_cifar10_images()
+    else:
+        from .data.cifar10 import load_cifar10
+
+        x, y = load_cifar10(split, root=getattr(args, "data_dir", None), source="jpeg")
+    method_defaults, kwargs = _cifar10_embedded_methods(getattr(args, "method", None) or "diffpure")
+    defaults = {**CIFAR10_EMBEDDED_DEFAULTS, **method_defaults}
+    defaults.update(load_zoo_manifest(name=CIFAR10_FILES["card"]).get("ssni", {}).get("chosen", {}))
+    return Setup(
+        "cifar10-embedded",
+        diffusion,
+        load_embedded_cifar10_classifier(),
+        x,
+        y,
+        _zoo_stats(args, CIFAR10_FILES["stats"]),
+        defaults,
+        purifier_kwargs=kwargs,
+        quick=CIFAR10_EMBEDDED_QUICK,
+    )
+
+
+EMBEDDED_SETUPS = {"digits": embedded_setup, "cifar10-embedded": cifar10_embedded_setup}
 
 
 PRESET_EXTRAS: dict[str, dict[str, Any]] = {
@@ -190,8 +280,8 @@ def preset_setup(args: argparse.Namespace, split: str = "test") -> Setup:
 def load_setup(args: argparse.Namespace, split: str = "test") -> Setup:
     """The preset's setup, with the user's classifier and data where given."""
     check_sources(args)
-    if args.preset == "digits":
-        setup = embedded_setup(args, split)
+    if args.preset in EMBEDDED_SETUPS:
+        setup = EMBEDDED_SETUPS[args.preset](args, split)
     else:
         setup = preset_setup(args, split)
     if getattr(args, "classifier", None):
@@ -209,23 +299,27 @@ def check_sources(args: argparse.Namespace) -> None:
     embedded default would ignore, before anything is loaded."""
     from .presets import list_presets
 
-    if args.preset != "digits" and args.preset not in list_presets():
+    if args.preset not in EMBEDDED_SETUPS and args.preset not in list_presets():
         raise CommandError(
-            f"unknown preset {args.preset!r}; choose from digits, {', '.join(list_presets())}"
+            f"unknown preset {args.preset!r}; choose from "
+            f"{', '.join((*EMBEDDED_SETUPS, *list_presets()))}"
         )
     for flag in ("diffusion_checkpoint", "classifier_checkpoint", "data", "data_dir"):
         value = getattr(args, flag, None)
         if value and not Path(value).exists():
             raise CommandError(f"--{flag.replace('_', '-')} {value}: no such file or folder")
-    if args.preset == "digits":
-        given = [
-            f"--{flag.replace('_', '-')}"
-            for flag in ("diffusion_checkpoint", "classifier_checkpoint", "data_dir")
-            if getattr(args, flag, None)
-        ]
+    if args.preset in EMBEDDED_SETUPS:
+        ignored = ["diffusion_checkpoint", "classifier_checkpoint"]
+        ignored += (
+            ["data_dir"]
+            if args.preset == "digits" or getattr(args, "command", None) != "stats"
+            else []
+        )
+        given = [f"--{flag.replace('_', '-')}" for flag in ignored if getattr(args, flag, None)]
         if given:
             raise CommandError(
-                f"the embedded digits preset uses its shipped models and data and would ignore "
+                f"the embedded {args.preset} preset uses its shipped models and data and would "
+                "ignore "
                 f"{', '.join(given)}; pass a paper preset (--preset cifar10-linf, ...), or "
                 "--classifier module:callable and --data FILE for your own classifier and images"
             )

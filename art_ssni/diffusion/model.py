@@ -212,6 +212,15 @@ class DiffusionModel(nn.Module):
             return torch.float32
         return param.dtype
 
+    @property
+    def max_level(self) -> int:
+        """The highest level the network was trained for: its ``max_level`` attribute (a
+        network trained only on low levels, such as the embedded CIFAR-10 UNet), else the
+        schedule's length. Purifiers refuse levels above it."""
+        own = getattr(self.eps_net, "max_level", None)
+        top = self.schedule.num_steps
+        return top if own is None else min(int(own), top)
+
     def eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Noise prediction at levels ``t`` (B levels > 0; integer, or continuous for the SDE)."""
         if t.shape != (x_t.shape[0],):

@@ -30,6 +30,7 @@ ATTENTION_LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "resnet-50": ("model.layer1", "model.layer2", "model.layer3", "model.layer4"),
     "digits": ("features.3", "features.8"),
+    "compact-cnn": ("net.3.6", "net.4.6", "net.5.6"),
 }
 """Published layer lists under our loaders' module names: RobustBench WRN-28-10
 (:func:`~art_ssni.models.load_cifar10_wideresnet`), DiffPure's WRN-70-16 (RobustBench's

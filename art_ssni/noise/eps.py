@@ -34,9 +34,7 @@ class EPSNorm:
     def __init__(
         self, diffusion: DiffusionModel, num_levels: int = 20, *, batch_size: int = 1024
     ) -> None:
-        check_number(
-            num_levels, "num_levels", low=1, high=diffusion.schedule.num_steps, integer=True
-        )
+        check_number(num_levels, "num_levels", low=1, high=diffusion.max_level, integer=True)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.diffusion = diffusion

@@ -30,11 +30,11 @@ class _SSNIPolicy:
     ) -> None:
         stats.check(eps_norm)
         num_steps = eps_norm.diffusion.schedule.num_steps
-        t_max = num_steps if t_max is None else t_max
+        t_max = eps_norm.diffusion.max_level if t_max is None else t_max
         if isinstance(t_star, bool) or not isinstance(t_star, int):
             raise ValueError(f"t_star must be an int, got {t_star!r}")
         check_number(t_star, "t_star", low=1, high=num_steps, integer=True)
-        check_number(t_max, "t_max", low=1, high=num_steps, integer=True)
+        check_number(t_max, "t_max", low=1, high=eps_norm.diffusion.max_level, integer=True)
         self.eps_norm = eps_norm
         self.stats = stats
         self.t_star = t_star

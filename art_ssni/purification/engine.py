@@ -49,6 +49,13 @@ def _as_stages(stages: Sequence[Sequence[int]], what: str) -> Stages:
     return out
 
 
+def _trained_levels(diffusion: DiffusionModel) -> str:
+    top = diffusion.max_level
+    if top < diffusion.schedule.num_steps:
+        return f"the levels 1..{top} that {diffusion.name} was trained for"
+    return f"the schedule's {top} levels"
+
+
 class Purifier(nn.Module):
     """Maps images x in [0, 1] (B, C, H, W) to purified images in [0, 1]."""
 
@@ -75,16 +82,14 @@ class Purifier(nn.Module):
             raise ValueError("the 'sde' sampler takes neither eta nor clip_denoised")
         if eta is not None:
             check_number(eta, "eta", low=0.0, high=1.0)
-        check_number(t_star, "t_star", low=1, high=diffusion.schedule.num_steps, integer=True)
+        check_number(t_star, "t_star", low=1, high=diffusion.max_level, integer=True)
         self.diffusion = diffusion
         self.t_star = int(t_star)
         self.stages = _as_stages(stages, "stages")
         self.surrogate_stages = _as_stages(surrogate_stages, "surrogate_stages")
         for t, _ in self.stages + self.surrogate_stages:
-            if t > diffusion.schedule.num_steps:
-                raise ValueError(
-                    f"stage level {t} exceeds the schedule's {diffusion.schedule.num_steps}"
-                )
+            if t > diffusion.max_level:
+                raise ValueError(f"stage level {t} exceeds {_trained_levels(diffusion)}")
         self.noise = noise if noise is not None else FixedNoise(self.t_star)
         self.gradient = gradient
         self.sampler = sampler
@@ -123,14 +128,14 @@ class Purifier(nn.Module):
     def _check_levels(self, levels: torch.Tensor) -> torch.Tensor:
         """The policy's levels as a LongTensor; a level that is not a whole number in [0, N]
         is the policy's error, never mapped silently (NaN -> 0 would mean no purification)."""
-        top = self.diffusion.schedule.num_steps
+        top = self.diffusion.max_level
         values = levels.detach().double()
         bad = ~torch.isfinite(values) | (values < 0) | (values > top) | (values != values.round())
         if bool(bad.any()):
             raise ValueError(
                 f"noise policy {self.noise!r} returned levels {values[bad][:5].tolist()} "
                 f"outside the whole numbers 0..{top} (for {int(bad.sum())} of "
-                f"{values.numel()} samples)"
+                f"{values.numel()} samples; {_trained_levels(self.diffusion)})"
             )
         return levels.long()
 
@@ -139,7 +144,7 @@ class Purifier(nn.Module):
     ) -> list[torch.Tensor]:
         """Per-sample level of each stage: round(t_i * t_s / t_star), half up."""
         stages = self.stages if stages is None else stages
-        top = self.diffusion.schedule.num_steps
+        top = self.diffusion.max_level
         return [
             ((2 * levels * t + self.t_star) // (2 * self.t_star)).clamp(0, top) for t, _ in stages
         ]

@@ -222,10 +222,10 @@ class MANIPure(Purifier):
         if not 0 <= delta <= torch.pi:
             raise ValueError(f"delta must lie in [0, pi], got {delta}")
         _positive_int(reference_level, "reference_level")
-        if reference_level > diffusion.schedule.num_steps:
+        if reference_level > diffusion.max_level:
             raise ValueError(
-                f"reference_level {reference_level} exceeds the schedule's "
-                f"{diffusion.schedule.num_steps}"
+                f"reference_level {reference_level} exceeds the model's top level "
+                f"{diffusion.max_level}"
             )
         if spectral is not None and not callable(spectral):
             raise ValueError(f"spectral must be callable (x, z) -> noise, got {spectral!r}")

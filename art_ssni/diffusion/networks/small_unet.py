@@ -100,7 +100,9 @@ class SmallUNet(nn.Module):
         attention: add a self-attention block in the middle (coarsest resolution).
         groups: GroupNorm groups (reduced to a divisor of each width).
         dropout: dropout inside the residual blocks.
-        num_timesteps: number of discrete timesteps the model was trained on (metadata).
+        num_timesteps: number of discrete timesteps of the schedule (metadata).
+        max_level: the network was trained only on the 0-based indices ``k < max_level``
+            (levels 1..max_level); ``DiffusionModel`` refuses higher levels. ``None``: all.
 
     ``config`` holds these keyword arguments as plain data, so ``SmallUNet(**net.config)``
     rebuilds the architecture.
@@ -117,6 +119,7 @@ class SmallUNet(nn.Module):
         groups: int = 8,
         dropout: float = 0.0,
         num_timesteps: int = 1000,
+        max_level: int | None = None,
     ) -> None:
         super().__init__()
         if not channel_mult:
@@ -131,6 +134,11 @@ class SmallUNet(nn.Module):
             "dropout": dropout,
             "num_timesteps": num_timesteps,
         }
+        if max_level is not None:
+            if not 0 < max_level <= num_timesteps:
+                raise ValueError(f"max_level must be in 1..{num_timesteps}, got {max_level}")
+            self.config["max_level"] = max_level
+        self.max_level = max_level
         self.in_channels = in_channels
         self.num_timesteps = num_timesteps
         t_dim = 4 * base_channels

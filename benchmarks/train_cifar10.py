@@ -1,0 +1,442 @@
+"""Train the embedded CIFAR-10 models from the shared JPEG images, reproducibly and resumably.
+
+Two models, trained from ``cifar10-jpeg-train.zip`` only (the test zip is used for the
+model card's evaluation and the shipped 512 images, never for training):
+
+* ``--part classifier``: :class:`~art_ssni.models.compact_cnn.CompactCNN`, cross-entropy
+  with label smoothing, random crop (reflect pad 4) and horizontal flip, SGD-Nesterov with
+  a linear warm-up and linear decay.
+* ``--part eps``: :class:`~art_ssni.diffusion.networks.small_unet.SmallUNet` on the DDPM
+  linear schedule (betas 1e-4..0.02, 1000 steps), trained only on the 0-based indices
+  k < ``--max-level`` (default 300: purification and EPS never go higher), eps-MSE loss,
+  horizontal flips, AdamW, EMA weights. The level limit is stored in the network's config,
+  so every purifier refuses higher levels.
+* ``--part card``: writes ``cifar10.json`` (the model card: data, steps, wall time,
+  machine, clean test accuracy on all 10,000 test images with the fp32 and the shipped fp16
+  weights, one-step x0_hat PSNR at t = 50, 100, 200 on 2,000 test images) and
+  ``cifar10_test512.safetensors`` (512 test images as uint8, the draw
+  ``fixed_subset(512, 10000, seed=0)`` of the JPEG order, with labels and indices).
+
+``--part all`` (the default) runs the three in order. Each training part saves a checkpoint
+to ``--work`` every ``--checkpoint-every`` steps and resumes from it when rerun; the batch
+order and augmentation of step s are drawn from generators seeded by (seed, epoch) and
+(seed, s), so a resumed run takes the same steps as an uninterrupted one.
+
+Reproduce the shipped files (the reference EPS statistics are made afterwards with
+``art-ssni stats``, see benchmarks/README.md)::
+
+    python benchmarks/train_cifar10.py --out art_ssni/zoo --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+from tqdm import tqdm
+
+from art_ssni.data import fixed_subset, load_cifar10
+from art_ssni.diffusion.networks.small_unet import SmallUNet
+from art_ssni.models.compact_cnn import CompactCNN
+from art_ssni.models.zoo import CIFAR10_FILES, sha256_file
+
+SCHEDULE = {"type": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 1000}
+PSNR_LEVELS = (50, 100, 200)
+PSNR_IMAGES = 2000
+SHIPPED_IMAGES = 512
+
+
+def classifier_config(widths: list[int]) -> dict[str, Any]:
+    return {"widths": widths, "num_classes": 10}
+
+
+def unet_config(base: int, max_level: int) -> dict[str, Any]:
+    return {
+        "in_channels": 3,
+        "base_channels": base,
+        "channel_mult": [1, 2, 2],
+        "num_res_blocks": 1,
+        "attention": True,
+        "groups": 8,
+        "dropout": 0.0,
+        "num_timesteps": 1000,
+        "max_level": max_level,
+    }
+
+
+def alphas_cumprod() -> torch.Tensor:
+    """abar[k] = prod_{i<=k}(1 - beta_i), float64, 0-based k."""
+    betas = torch.linspace(SCHEDULE["beta_start"], SCHEDULE["beta_end"], 1000, dtype=torch.float64)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def batch_indices(step: int, n: int, batch: int, seed: int) -> torch.Tensor:
+    """The indices of step ``step``: a slice of epoch ``step // (n // batch)``'s permutation."""
+    per_epoch = n // batch
+    epoch, pos = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return perm[pos * batch : (pos + 1) * batch]
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, crop: bool) -> torch.Tensor:
+    """Random horizontal flip, and with ``crop`` a random 32x32 crop of the reflect-padded image."""
+    b = x.shape[0]
+    flip = torch.rand(b, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if not crop:
+        return x
+    padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
+    oy = torch.randint(0, 9, (b,), generator=gen)
+    ox = torch.randint(0, 9, (b,), generator=gen)
+    rows = (oy[:, None] + torch.arange(32))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(32))[:, None, None, :]
+    return padded[
+        torch.arange(b)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols
+    ]
+
+
+def load_train(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training split, or its first ``--train-images`` images of a fixed draw (smoke runs)."""
+    if args.train_images is None:
+        return load_cifar10("train", root=args.data, source="jpeg")
+    index = fixed_subset(args.train_images, 50_000, seed=args.seed)
+    return load_cifar10("train", root=args.data, source="jpeg", indices=index)
+
+
+class Checkpoint:
+    """Save/resume a training state dict (tensors and plain data only, read with weights_only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.is_file():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+
+def train_classifier(args: argparse.Namespace) -> dict[str, Any]:
+    """SGD-Nesterov cross-entropy training of CompactCNN; writes fp16 safetensors + part json."""
+    x, y = load_train(args)
+    torch.manual_seed(args.seed)
+    model = CompactCNN(**classifier_config(args.classifier_widths))
+    model.to(memory_format=torch.channels_last)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.classifier_lr,
+        momentum=0.9,
+        nesterov=True,
+    )
+    per_epoch = len(x) // args.classifier_batch
+    total = args.classifier_epochs * per_epoch
+    warmup = max(1, per_epoch // 2)
+    ckpt = Checkpoint(args.work / "classifier.pt")
+    state = ckpt.load()
+    step, elapsed = 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed = int(state["step"]), float(state["elapsed"])
+    start = time.perf_counter() - elapsed
+    model.train()
+    bar = tqdm(total=total, initial=step, desc="classifier", unit="step", mininterval=5.0)
+    while step < total:
+        idx = batch_indices(step, len(x), args.classifier_batch, args.seed)
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        xb = augment(x[idx], gen, crop=True).contiguous(memory_format=torch.channels_last)
+        lr = args.classifier_lr * min((step + 1) / warmup, (total - step) / max(1, total - warmup))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = F.cross_entropy(model(xb), y[idx], label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if step % args.checkpoint_every == 0 or step == total:
+            ckpt.save(
+                {
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "step": step,
+                    "elapsed": time.perf_counter() - start,
+                }
+            )
+    bar.close()
+    model.eval()
+    wall = time.perf_counter() - start if state is None or step > int(state["step"]) else elapsed
+    meta = {
+        "class": "art_ssni.models.compact_cnn.CompactCNN",
+        "config": model.config,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "input": "[0,1] float32 (B,3,32,32); CIFAR-10 mean/std normalisation inside",
+        "training": {
+            "seed": args.seed,
+            "epochs": args.classifier_epochs,
+            "steps": total,
+            "batch_size": args.classifier_batch,
+            "optimizer": f"SGD(momentum=0.9, nesterov, weight_decay=5e-4 on weights), "
+            f"lr {args.classifier_lr} linear warm-up over {warmup} steps, linear decay to 0",
+            "loss": "cross-entropy, label smoothing 0.1",
+            "augmentation": "random crop (reflect pad 4) and horizontal flip",
+            "train_time_s": round(wall, 1),
+        },
+    }
+    save_part(args, "classifier", model, meta)
+    return meta
+
+
+def train_eps(args: argparse.Namespace) -> dict[str, Any]:
+    """eps-MSE DDPM training on indices k < max_level, AdamW, EMA; writes EMA weights."""
+    x, _ = load_train(args)
+    x = x * 2.0 - 1.0
+    abar = alphas_cumprod().float()
+    torch.manual_seed(args.seed)
+    net = SmallUNet(**unet_config(args.unet_base, args.max_level))
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.eps_lr, weight_decay=0.0)
+    total, warmup = args.eps_steps, 200
+    ckpt = Checkpoint(args.work / "eps.pt")
+    state = ckpt.load()
+    step, elapsed = 0, 0.0
+    if state is not None:
+        net.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed = int(state["step"]), float(state["elapsed"])
+    start = time.perf_counter() - elapsed
+    net.train()
+    bar = tqdm(total=total, initial=step, desc="eps UNet", unit="step", mininterval=5.0)
+    while step < total:
+        idx = batch_indices(step, len(x), args.eps_batch, args.seed + 1)
+        gen = torch.Generator().manual_seed((args.seed + 1) * 1_000_003 + step)
+        x0 = augment(x[idx], gen, crop=False)
+        k = torch.randint(0, args.max_level, (len(idx),), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = abar[k][:, None, None, None]
+        loss = F.mse_loss(net(a.sqrt() * x0 + (1 - a).sqrt() * noise, k), noise)
+        lr = args.eps_lr * min(1.0, (step + 1) / warmup)
+        lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / total))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        decay = min(args.ema_decay, (1.0 + step) / (10.0 + step))
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
+                p_ema.lerp_(p, 1.0 - decay)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if step % args.checkpoint_every == 0 or step == total:
+            ckpt.save(
+                {
+                    "model": net.state_dict(),
+                    "ema": ema.state_dict(),
+                    "opt": opt.state_dict(),
+                    "step": step,
+                    "elapsed": time.perf_counter() - start,
+                }
+            )
+    bar.close()
+    wall = time.perf_counter() - start if state is None or step > int(state["step"]) else elapsed
+    meta = {
+        "class": "art_ssni.diffusion.networks.small_unet.SmallUNet",
+        "config": ema.config,
+        "num_parameters": sum(p.numel() for p in ema.parameters()),
+        "input": "x_t in [-1,1] (B,3,32,32) and the 0-based DDPM index k < max_level",
+        "trained_levels": f"0-based indices 0..{args.max_level - 1} "
+        f"(levels t = 1..{args.max_level})"
+        f" only; purifiers refuse higher levels",
+        "training": {
+            "seed": args.seed,
+            "steps": total,
+            "batch_size": args.eps_batch,
+            "timesteps": f"k ~ U{{0..{args.max_level - 1}}}",
+            "optimizer": f"AdamW(lr={args.eps_lr}, weight_decay=0), {warmup}-step warm-up, "
+            "cosine to 10%, grad-norm clip 1.0",
+            "ema_decay": args.ema_decay,
+            "weights": "EMA",
+            "augmentation": "horizontal flip",
+            "loss": "eps-MSE",
+            "train_time_s": round(wall, 1),
+        },
+    }
+    save_part(args, "eps_net", ema, meta)
+    return meta
+
+
+def save_part(args: argparse.Namespace, key: str, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Write fp32 (work) and fp16 (shipped) safetensors and the part's metadata."""
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    args.work.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(args.work / f"{key}_fp32.safetensors"))
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_file(half, str(args.out / CIFAR10_FILES[key]))
+    (args.work / f"{key}.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+@torch.no_grad()
+def test_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    hits = sum(
+        int((model(x[i : i + 500]).argmax(1) == y[i : i + 500]).sum())
+        for i in range(0, len(x), 500)
+    )
+    return hits / len(x)
+
+
+@torch.no_grad()
+def one_step_psnr(net: nn.Module, x: torch.Tensor, level: int, seed: int) -> float:
+    """Mean PSNR (dB, [0,1] scale) of x0_hat = (x_t - sqrt(1-abar) eps_hat) / sqrt(abar),
+    clipped to [-1, 1]."""
+    abar = alphas_cumprod().float()[level - 1]
+    gen = torch.Generator().manual_seed(seed + level)
+    psnrs = []
+    for i in range(0, len(x), 250):
+        x0 = x[i : i + 250] * 2 - 1
+        xt = abar.sqrt() * x0 + (1 - abar).sqrt() * torch.randn(x0.shape, generator=gen)
+        eps = net(xt, torch.full((len(x0),), level - 1))
+        x0_hat = ((xt - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
+        mse = ((x0_hat - x0) / 2).square().flatten(1).mean(1)
+        psnrs.append(10 * torch.log10(1.0 / mse))
+    return float(torch.cat(psnrs).mean())
+
+
+def write_card(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate both models on the test split and write cifar10.json and the 512 images."""
+    from safetensors.torch import load_file
+
+    x, y = load_cifar10("test", root=args.data, source="jpeg")
+    card: dict[str, Any] = {
+        "format_version": 1,
+        "description": "Embedded CIFAR-10 models trained on the shared JPEG training images.",
+        "produced_by": "benchmarks/train_cifar10.py " + " ".join(args.argv),
+        "data": {
+            "train": "cifar10-jpeg-train.zip (50,000 JPEG images, about quality 75)",
+            "test": "cifar10-jpeg-test.zip (10,000 JPEG images)",
+            "sha256_train": sha256_file(args.data / "cifar10-jpeg-train.zip"),
+        },
+        "schedule": {**SCHEDULE, "index": "0-based k, abar[k] = prod_{i<=k}(1 - betas[i])"},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": args.threads,
+            "torch": torch.__version__,
+            "device": "cpu",
+        },
+    }
+    for key, cls in (("classifier", CompactCNN), ("eps_net", SmallUNet)):
+        meta = json.loads((args.work / f"{key}.json").read_text(encoding="utf-8"))
+        path = args.out / CIFAR10_FILES[key]
+        model = cls(**meta["config"]).eval()
+        full = load_file(str(args.work / f"{key}_fp32.safetensors"))
+        model.load_state_dict(full)
+        if key == "classifier":
+            meta["test_accuracy_fp32"] = test_accuracy(model, x, y)
+        else:
+            sub = x[fixed_subset(PSNR_IMAGES, len(x), seed=1)]
+            meta["psnr_fp32"] = {
+                str(t): one_step_psnr(model, sub, t, args.seed) for t in PSNR_LEVELS
+            }
+        model.load_state_dict(load_file(str(path)))
+        if key == "classifier":
+            meta["test_accuracy"] = test_accuracy(model, x, y)
+        else:
+            meta["one_step_psnr_db"] = {
+                str(t): one_step_psnr(model, sub, t, args.seed) for t in PSNR_LEVELS
+            }
+            meta["psnr_images"] = f"{PSNR_IMAGES} test images, fixed_subset(seed=1)"
+        meta["file"] = CIFAR10_FILES[key]
+        meta["dtype"] = "float16 (loaded into float32 modules)"
+        meta["sha256"] = sha256_file(path)
+        card[key] = meta
+    idx = fixed_subset(SHIPPED_IMAGES, len(x), seed=0)
+    images = (x[idx] * 255).round().to(torch.uint8).contiguous()
+    save_file(
+        {"images": images, "labels": y[idx].contiguous(), "indices": idx.contiguous()},
+        str(args.out / CIFAR10_FILES["images"]),
+    )
+    classifier = CompactCNN(**card["classifier"]["config"]).eval()
+    classifier.load_state_dict(load_file(str(args.out / CIFAR10_FILES["classifier"])))
+    card["images"] = {
+        "file": CIFAR10_FILES["images"],
+        "sha256": sha256_file(args.out / CIFAR10_FILES["images"]),
+        "draw": f"fixed_subset({SHIPPED_IMAGES}, 10000, seed=0) of the JPEG test order",
+        "classifier_accuracy": test_accuracy(classifier, images.float() / 255, y[idx]),
+    }
+    (args.out / CIFAR10_FILES["card"]).write_text(
+        json.dumps(card, indent=2) + "\n", encoding="utf-8"
+    )
+    return card
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--part", choices=("all", "classifier", "eps", "card"), default="all")
+    p.add_argument(
+        "--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
+    p.add_argument("--out", type=Path, default=Path("art_ssni/zoo"))
+    p.add_argument("--work", type=Path, default=Path("runs/train_cifar10"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-images", type=int, help="train on a fixed draw of N images (tests)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--classifier-widths", type=int, nargs=4, default=[32, 64, 128, 256])
+    p.add_argument("--classifier-epochs", type=int, default=8)
+    p.add_argument("--classifier-batch", type=int, default=256)
+    p.add_argument("--classifier-lr", type=float, default=0.2)
+    p.add_argument("--unet-base", type=int, default=16)
+    p.add_argument("--max-level", type=int, default=300)
+    p.add_argument("--eps-steps", type=int, default=4000)
+    p.add_argument("--eps-batch", type=int, default=64)
+    p.add_argument("--eps-lr", type=float, default=1e-3)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    args = p.parse_args(argv)
+    args.argv = list(argv) if argv is not None else []
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    args = parse_args(argv if argv is not None else sys.argv[1:])
+    args.argv = list(argv if argv is not None else sys.argv[1:])
+    torch.set_num_threads(args.threads)
+    if args.part in ("all", "classifier"):
+        train_classifier(args)
+    if args.part in ("all", "eps"):
+        train_eps(args)
+    if args.part in ("all", "card"):
+        card = write_card(args)
+        print(json.dumps({k: card[k] for k in ("classifier", "eps_net", "images")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
