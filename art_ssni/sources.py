@@ -107,8 +107,17 @@ CIFAR10_EMBEDDED_DEFAULTS: dict[str, Any] = {
     "judge_draws": 0,
 }
 CIFAR10_EMBEDDED_DIFFPURE: dict[str, Any] = {"steps": 20, "surrogate_steps": 5, "gradient": "full"}
-# --quick on CIFAR-10: 8 images and 10 reverse steps (a smoke run, not a result).
-CIFAR10_EMBEDDED_QUICK: dict[str, Any] = {"n_images": 8, "steps": 10, "surrogate_steps": 2}
+# --quick on CIFAR-10: 4 images, 5 reverse steps, 2 iterations, one-shot rows only (a smoke
+# run that checks the pipeline, not a result).
+CIFAR10_EMBEDDED_QUICK: dict[str, Any] = {
+    "n_images": 4,
+    "steps": 5,
+    "surrogate_steps": 2,
+    "iterations": 2,
+    "eot": 1,
+    "draws": 2,
+    "judge_draws": 0,
+}
 
 
 def _cifar10_embedded_methods(method: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

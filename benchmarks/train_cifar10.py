@@ -291,6 +291,7 @@ def train_eps(args: argparse.Namespace) -> dict[str, Any]:
 
 def save_part(args: argparse.Namespace, key: str, model: nn.Module, meta: dict[str, Any]) -> None:
     """Write fp32 (work) and fp16 (shipped) safetensors and the part's metadata."""
+    meta["command"] = "python benchmarks/train_cifar10.py " + " ".join(args.argv)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     args.work.mkdir(parents=True, exist_ok=True)
     save_file(state, str(args.work / f"{key}_fp32.safetensors"))
