@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -159,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
             chosen["tau"] = best["tau"]
         print(noise, json.dumps(best), flush=True)
     result = {
-        "command": "python benchmarks/sweep_cifar10.py " + " ".join(argv or []),
+        "command": "python benchmarks/sweep_cifar10.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "n_images": args.n_images,
         "split": f"train, fixed_subset({args.n_images}, 50000, seed={args.seed})",
         "grid": GRID,

@@ -106,10 +106,11 @@ def test_spec_peaks_by_device_name() -> None:
 def test_benchmark_readme_commands_parse() -> None:
     text = (ROOT / "benchmarks" / "README.md").read_text()
     commands = re.findall(
-        r"^(?:\S*python|OMP_NUM_THREADS=1 \S*python) (benchmarks/\S+\.py)(.*)$", text, flags=re.M
+        r"^(?:OMP_NUM_THREADS=\d+ )?\S*python (benchmarks/\S+\.py)(.*)$", text, flags=re.M
     )
     scripts = {script for script, _ in commands}
     assert {"benchmarks/bench_gpu.py", "benchmarks/bench_core.py"} <= scripts
+    assert {"benchmarks/train_cifar10.py", "benchmarks/sweep_cifar10.py"} <= scripts
     for script, rest in commands:
         args = shlex.split(rest.split("#")[0])
         module = _load(Path(script).stem)

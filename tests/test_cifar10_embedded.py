@@ -177,7 +177,7 @@ def test_cifar10_preset_quick_run(tmp_path) -> None:
         "diffpure-ssni-n-pgd-eot", "diffpure-ssni-n-bpda-eot",
     }  # fmt: skip
     assert rows["diffpure-fixed-bpda-eot"]["gradient"] == "bpda"
-    assert rows["diffpure-fixed-pgd-eot"]["gradient"] == "surrogate"
+    assert rows["diffpure-fixed-pgd-eot"]["gradient"] == "full"
     for row in rows.values():
         assert 0.0 <= row["robust"]["vote"] <= 1.0
 

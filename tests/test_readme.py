@@ -16,7 +16,7 @@ def test_readme_states_the_two_commands():
 
 def test_readme_examples_run(tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) == 5
+    assert len(blocks) == 6
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for block in blocks:
@@ -24,6 +24,8 @@ def test_readme_examples_run(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "robust accuracy (one draw):" in out and "AutoAttack rand" in out
     assert "purified: (1, 1, 8, 8) True True" in out
+    hits = re.search(r"DiffPure t\*=100 on 8 CIFAR-10 test images: (\d) of 8 correct", out)
+    assert hits and int(hits.group(1)) >= 4
     assert namespace["results"]["rows"][0]["key"] == "diffpure-fixed-pgd-eot"
     assert (tmp_path / "runs/api/results.json").is_file()
     assert 0.0 <= namespace["robust_acc"] <= namespace["clean_acc"] <= 1.0
@@ -48,3 +50,22 @@ def test_readme_commands_parse():
     for words in commands:
         if words:
             build_parser().parse_args(words)
+
+
+def test_benchmark_documents_art_ssni_commands_parse():
+    import shlex
+
+    from art_ssni.cli import build_parser
+
+    commands = []
+    for doc in sorted((README.parent / "benchmarks").glob("*.md")):
+        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                while words and (words[0] == "time" or re.fullmatch(r"[A-Z_]+=\S*", words[0])):
+                    words = words[1:]
+                if words and words[0].endswith("art-ssni"):
+                    commands.append(words[1:])
+    assert any("cifar10-embedded" in words for words in commands)
+    for words in commands:
+        build_parser().parse_args(words)
