@@ -182,8 +182,8 @@ def test_cifar10_preset_quick_run(tmp_path) -> None:
         assert 0.0 <= row["robust"]["vote"] <= 1.0
 
 
-@pytest.mark.parametrize("method", ["gdmp", "gns"])
-def test_cifar10_preset_builds_gdmp_and_gns_with_ssni(method, tmp_path) -> None:
+@pytest.mark.parametrize("method", ["gdmp", "gns", "dac", "mani-pure"])
+def test_cifar10_preset_builds_every_method_with_ssni(method, tmp_path) -> None:
     from art_ssni.cli import _settings as settings_of
     from art_ssni.cli import build_parser, build_rows
     from art_ssni.sources import load_setup
@@ -201,7 +201,7 @@ def test_cifar10_preset_builds_gdmp_and_gns_with_ssni(method, tmp_path) -> None:
         "SSNILinear",
         "SSNISigmoid",
     ]
-    expected = {"gdmp": 36, "gns": 125}[method]
+    expected = {"gdmp": 36, "gns": 125, "dac": 200, "mani-pure": 100}[method]
     assert all(p.t_star == expected for p in purifiers)
     x, _ = load_embedded_cifar10_images()
     with torch.no_grad():
