@@ -35,8 +35,9 @@ import torch
 from torch import nn
 
 from art_ssni._compat import import_torchvision
+from art_ssni.checkpoints import read_checkpoint
 from art_ssni.evaluation.autoattack import autoattack_rand, format_eps
-from art_ssni.models.classifiers import _as_state_dict, _freeze, _read_checkpoint
+from art_ssni.models.classifiers import _as_state_dict, _freeze
 from art_ssni.models.defended import DefendedClassifier
 
 from .autoattack_compat import install as install_autoattack
@@ -139,7 +140,7 @@ def _load_state_dict_file(
 ) -> nn.Module:
     """The zoo architecture with weights read by ``torch.load(weights_only=True)``."""
     _check_file(path, what)
-    checkpoint = _read_checkpoint(path, what)
+    checkpoint = read_checkpoint(path, what)
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("last"), Mapping):
         checkpoint = checkpoint["last"]
     state_dict = _as_state_dict(checkpoint, path, what)

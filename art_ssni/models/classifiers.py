@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import pickle
 import sys
 import types
 import urllib.error
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._compat import import_torchvision
-from ..validation import refuse_html
+from ..checkpoints import read_checkpoint
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -94,33 +93,6 @@ class NormalizedClassifier(nn.Module):
             f"std={tuple(round(v, 4) for v in self.std.flatten().tolist())}, "
             f"input_size={self.input_size}"
         )
-
-
-def _read_checkpoint(path: Path, what: str) -> object:
-    """torch.load with weights_only=True, turning every way a download goes wrong into a
-    ValueError that says what the file is instead of weights."""
-    size = path.stat().st_size
-    if size == 0:
-        raise ValueError(f"{what} file {path} is empty (0 bytes): the download did not finish")
-    refuse_html(path, what)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():
-            raise ValueError(
-                f"{what} file {path} holds objects other than tensors and plain containers, "
-                "which weights_only loading refuses; re-save just its state_dict with "
-                "torch.save(model.state_dict(), path) from a source you trust"
-            ) from err
-        raise ValueError(
-            f"could not read {what} file {path} ({size} bytes): it is truncated or corrupt ({err})"
-        ) from err
-    except Exception as err:
-        raise ValueError(
-            f"could not read {what} file {path} ({size} bytes): it is truncated or corrupt (or not "
-            "a torch.save file); "
-            f"download it again ({err})"
-        ) from err
 
 
 def _strip_prefix(state_dict: Mapping[str, object], prefix: str) -> dict[str, object]:
@@ -247,7 +219,7 @@ def load_cifar10_wideresnet(
     """
     path = _find_robustbench_file(Path(path_or_model_dir), model_name)
     what = f"RobustBench {model_name!r} WRN-28-10"
-    state_dict = _as_state_dict(_read_checkpoint(path, what), path, what)
+    state_dict = _as_state_dict(read_checkpoint(path, what), path, what)
     model = _robustbench_wide_resnet()(depth=28, widen_factor=10)
     _load_exact(model, state_dict, path, what)
     return _freeze(model)
@@ -257,7 +229,7 @@ def _torchvision_resnet50_state_dict() -> dict[str, torch.Tensor]:
     """IMAGENET1K_V1 from torch hub's cache, downloading it only when that is possible."""
     cache = Path(torch.hub.get_dir()) / "checkpoints" / RESNET50_V1_FILE
     if cache.is_file():
-        return _as_state_dict(_read_checkpoint(cache, "ResNet-50"), cache, "ResNet-50")
+        return _as_state_dict(read_checkpoint(cache, "ResNet-50"), cache, "ResNet-50")
     tv = import_torchvision()
     url = tv.models.ResNet50_Weights.IMAGENET1K_V1.url
     try:
@@ -297,7 +269,7 @@ def load_imagenet_resnet50(
                 f"ResNet-50 weights file {path} does not exist; {_OFFLINE} (torchvision's "
                 f"{RESNET50_V1_FILE})"
             )
-        state_dict = _as_state_dict(_read_checkpoint(path, "ResNet-50"), path, "ResNet-50")
+        state_dict = _as_state_dict(read_checkpoint(path, "ResNet-50"), path, "ResNet-50")
     _load_exact(net, state_dict, path, "ResNet-50")
     model = NormalizedClassifier(net, IMAGENET_MEAN, IMAGENET_STD, input_size=(224, 224))
     return _freeze(model)

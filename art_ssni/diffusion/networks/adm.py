@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -23,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ...validation import refuse_html
+from ...checkpoints import read_checkpoint
 
 __all__ = [
     "GUIDED_DIFFUSION_256_UNCOND",
@@ -431,35 +429,8 @@ class ADMUNet(nn.Module):
         return self.out(h.to(self.out[-1].weight.dtype)).float()
 
 
-def _describe_load_error(err: Exception) -> str:
-    text = str(err)
-    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if match:
-        return (
-            f"it pickles Python objects ({match.group(1)}), not only tensors, and "
-            f"torch.load(weights_only=True) does not run them; save and pass a plain state_dict"
-        )
-    first = text.split(". ")[0].strip()
-    if isinstance(err, pickle.UnpicklingError):
-        return f"the file is truncated or corrupt (not a torch checkpoint: {first[:80]})"
-    if isinstance(err, EOFError) or re.search(r"PytorchStreamReader|corrupt|zip", text):
-        return f"the file is truncated or corrupt ({type(err).__name__}: {first or 'end of file'})"
-    return f"{type(err).__name__}: {first}"
-
-
 def _read_state_dict(path: Path, map_location: str | torch.device) -> Any:
-    if not path.exists():
-        raise FileNotFoundError(f"guided-diffusion checkpoint not found: {path}")
-    if not path.is_file():
-        raise ValueError(f"guided-diffusion checkpoint {path} is not a regular file")
-    refuse_html(path, "guided-diffusion checkpoint")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"could not load guided-diffusion checkpoint {path} with torch.load(weights_only=True):"
-            f" {_describe_load_error(err)}"
-        ) from err
+    return read_checkpoint(path, "guided-diffusion checkpoint", map_location)
 
 
 def _few(names: Iterable[str], limit: int = 5) -> str:

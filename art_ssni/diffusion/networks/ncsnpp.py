@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...validation import refuse_html
+from ...checkpoints import read_checkpoint
 
 __all__ = ["NCSNpp", "load_score_sde_checkpoint"]
 
@@ -302,17 +302,7 @@ class NCSNpp(nn.Module):
 def _read_checkpoint(source: Any, map_location: Any) -> Any:
     if not isinstance(source, (str, os.PathLike)):
         return source
-    path = os.fspath(source)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"score_sde checkpoint not found: {path}")
-    refuse_html(path, "score_sde checkpoint")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"could not read score_sde checkpoint {path} (truncated, corrupt, or not a "
-            f"weights-only torch.save file): {type(err).__name__}: {err}"
-        ) from err
+    return read_checkpoint(source, "score_sde checkpoint", map_location)
 
 
 def _load_ema(model: NCSNpp, ema: Any) -> None:
