@@ -488,7 +488,10 @@ def test_mani_pure_ssni_gives_perturbed_inputs_higher_levels(counted, stats):
 def test_mani_pure_bad_inputs(diffusion):
     for kwargs, message in [
         ({"radius": -1.0}, "radius"),
+        ({"radius": "2"}, "radius"),
+        ({"radius": math.inf}, "radius"),
         ({"delta": 4.0}, "delta"),
+        ({"delta": math.nan}, "delta"),
         ({"reference_level": 0}, "reference_level"),
         ({"reference_level": 5000}, "reference_level"),
         ({"spectral": 3}, "spectral"),

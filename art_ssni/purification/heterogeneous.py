@@ -17,15 +17,14 @@ from .._rng import SeedLike, randn
 from ..diffusion.model import DiffusionModel
 from ..diffusion.sampler import Denoised, ddim_mean, run_chain, stride_table
 from ..noise.spectral import SpectralNoise
+from ..validation import check_number
 from .engine import NoisePolicy, Purifier, Stages
 
 Mask = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _positive_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return int(check_number(value, name, low=minimum, integer=True))
 
 
 class DAC(Purifier):
@@ -217,10 +216,8 @@ class MANIPure(Purifier):
         surrogate_steps: int = 20,
         generator: SeedLike = None,
     ) -> None:
-        if not radius >= 0 or radius == float("inf"):
-            raise ValueError(f"radius must be finite and >= 0, got {radius}")
-        if not 0 <= delta <= torch.pi:
-            raise ValueError(f"delta must lie in [0, pi], got {delta}")
+        check_number(radius, "radius", low=0.0)
+        check_number(delta, "delta", low=0.0, high=torch.pi)
         _positive_int(reference_level, "reference_level")
         if reference_level > diffusion.max_level:
             raise ValueError(
