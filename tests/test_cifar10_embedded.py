@@ -255,3 +255,14 @@ def test_training_resumes_to_the_same_weights(part, tmp_path, monkeypatch) -> No
     assert meta["config"] == (
         trainer.unet_config(8, 300) if part == "eps" else {**meta["config"], "widths": [4, 4, 4, 4]}
     )
+
+
+def test_cifar10_preset_refuses_checkpoints_and_a_data_dir_for_evaluate(tmp_path, capsys) -> None:
+    for flag in ("--diffusion-checkpoint", "--data-dir"):
+        code = main(["evaluate", "--preset", "cifar10-embedded", flag, str(tmp_path), "--out",
+                     str(tmp_path / "out")])  # fmt: skip
+        assert code == 2
+        assert (
+            f"cifar10-embedded preset uses its shipped models and data and would ignore {flag}"
+            in (capsys.readouterr().err)
+        )
