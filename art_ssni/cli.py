@@ -181,9 +181,24 @@ def _epilog() -> str:
     )
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps the epilog between words only, so preset names such as imagenet-linf stay whole."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        return textwrap.fill(
+            " ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent,
+            break_on_hyphens=False,
+        )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="art-ssni", description=__doc__.splitlines()[0], epilog=_epilog()
+        prog="art-ssni",
+        description=__doc__.splitlines()[0],
+        epilog=_epilog(),
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"art-ssni {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -219,7 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     ev = sub.add_parser(
-        "evaluate", help="attack and evaluate defences, write a report", epilog=_epilog()
+        "evaluate",
+        help="attack and evaluate defences, write a report",
+        epilog=_epilog(),
+        formatter_class=_HelpFormatter,
     )
     common(ev)
     ev.add_argument(
@@ -279,7 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also save each row's adversarial examples to OUT/adversarial/<row>.pt",
     )
 
-    sa = sub.add_parser("sanity", help="gradient-masking checks on one defence", epilog=_epilog())
+    sa = sub.add_parser(
+        "sanity",
+        help="gradient-masking checks on one defence",
+        epilog=_epilog(),
+        formatter_class=_HelpFormatter,
+    )
     common(sa)
     sa.add_argument("--noise", choices=NOISES, default="ssni-n")
     sa.add_argument("--norm", choices=("Linf", "L2"))

@@ -214,15 +214,15 @@ def test_a_unit_missing_a_sample_is_recomputed(tmp_path):
 
 
 def test_resuming_with_other_statistics_is_refused(tmp_path, capsys):
-    from art_ssni.sources import _zoo_stats_path
+    from art_ssni.models.zoo import zoo_root
 
-    zoo = ReferenceStats.load(_zoo_stats_path())
+    zoo = ReferenceStats.load(zoo_root() / "digits_stats.safetensors")
     other = tmp_path / "other.safetensors"
     ReferenceStats(zoo.norms * 1.5, zoo.model, zoo.schedule, zoo.num_levels, zoo.image_shape).save(
         other
     )
     assert zoo.digest() != ReferenceStats.load(other).digest()
-    assert zoo.digest() == ReferenceStats.load(_zoo_stats_path()).digest()
+    assert zoo.digest() == ReferenceStats.load(zoo_root() / "digits_stats.safetensors").digest()
     out = tmp_path / "run"
     args = ["evaluate", *SMALL, "--noise", "ssni-n", "--attack", "pgd-eot", "--no-baseline"]
     assert main([*args, "--out", str(out)]) == 0
@@ -393,8 +393,7 @@ def not_a_module():
 def test_own_classifier_data_and_python_entry_point_match_the_default(tmp_path, capsys):
     from art_ssni.cli import evaluate
     from art_ssni.data.digits import load_digits
-    from art_ssni.models.zoo import load_embedded_classifier, load_embedded_eps_net
-    from art_ssni.sources import _zoo_stats_path
+    from art_ssni.models.zoo import load_embedded_classifier, load_embedded_eps_net, zoo_root
 
     flags = ["--noise", "fixed", "--attack", "pgd-eot", "--no-baseline", *SMALL]
     assert main(["evaluate", *flags, "--out", str(tmp_path / "default")]) == 0
@@ -422,7 +421,7 @@ def test_own_classifier_data_and_python_entry_point_match_the_default(tmp_path, 
         x[index],
         y[index],
         out=tmp_path / "api",
-        stats=ReferenceStats.load(_zoo_stats_path()),
+        stats=ReferenceStats.load(zoo_root() / "digits_stats.safetensors"),
         noise="fixed",
         attack=["pgd-eot"],
         no_baseline=True,
