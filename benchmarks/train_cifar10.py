@@ -36,6 +36,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -115,20 +116,27 @@ def load_train(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Checkpoint:
-    """Save/resume a training state dict (tensors and plain data only, read with weights_only)."""
+    """Save and resume the state of named modules and optimisers, the step and the wall time
+    spent (tensors and plain data only, read back with ``weights_only=True``)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, **stateful: Any) -> None:
         self.path = path
+        self.stateful = stateful
 
-    def load(self) -> dict[str, Any] | None:
+    def resume(self) -> tuple[int, float]:
+        """Load the saved state if there is one; return (step, seconds spent so far)."""
         if not self.path.is_file():
-            return None
-        return torch.load(self.path, map_location="cpu", weights_only=True)
+            return 0, 0.0
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        for name, obj in self.stateful.items():
+            obj.load_state_dict(state[name])
+        return int(state["step"]), float(state["elapsed"])
 
-    def save(self, state: dict[str, Any]) -> None:
+    def save(self, step: int, elapsed: float) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        state = {name: obj.state_dict() for name, obj in self.stateful.items()}
         tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
+        torch.save({**state, "step": step, "elapsed": elapsed}, tmp)
         os.replace(tmp, self.path)
 
 
@@ -150,13 +158,8 @@ def train_classifier(args: argparse.Namespace) -> dict[str, Any]:
     per_epoch = len(x) // args.classifier_batch
     total = args.classifier_epochs * per_epoch
     warmup = max(1, per_epoch // 2)
-    ckpt = Checkpoint(args.work / "classifier.pt")
-    state = ckpt.load()
-    step, elapsed = 0, 0.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        step, elapsed = int(state["step"]), float(state["elapsed"])
+    ckpt = Checkpoint(args.work / "classifier.pt", model=model, opt=opt)
+    step, elapsed = ckpt.resume()
     start = time.perf_counter() - elapsed
     model.train()
     bar = tqdm(total=total, initial=step, desc="classifier", unit="step", mininterval=5.0)
@@ -175,17 +178,10 @@ def train_classifier(args: argparse.Namespace) -> dict[str, Any]:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if step % args.checkpoint_every == 0 or step == total:
-            ckpt.save(
-                {
-                    "model": model.state_dict(),
-                    "opt": opt.state_dict(),
-                    "step": step,
-                    "elapsed": time.perf_counter() - start,
-                }
-            )
+            ckpt.save(step, time.perf_counter() - start)
     bar.close()
     model.eval()
-    wall = time.perf_counter() - start if state is None or step > int(state["step"]) else elapsed
+    wall = time.perf_counter() - start
     meta = {
         "class": "art_ssni.models.compact_cnn.CompactCNN",
         "config": model.config,
@@ -217,14 +213,8 @@ def train_eps(args: argparse.Namespace) -> dict[str, Any]:
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=args.eps_lr, weight_decay=0.0)
     total, warmup = args.eps_steps, 200
-    ckpt = Checkpoint(args.work / "eps.pt")
-    state = ckpt.load()
-    step, elapsed = 0, 0.0
-    if state is not None:
-        net.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step, elapsed = int(state["step"]), float(state["elapsed"])
+    ckpt = Checkpoint(args.work / "eps.pt", model=net, ema=ema, opt=opt)
+    step, elapsed = ckpt.resume()
     start = time.perf_counter() - elapsed
     net.train()
     bar = tqdm(total=total, initial=step, desc="eps UNet", unit="step", mininterval=5.0)
@@ -252,17 +242,9 @@ def train_eps(args: argparse.Namespace) -> dict[str, Any]:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         if step % args.checkpoint_every == 0 or step == total:
-            ckpt.save(
-                {
-                    "model": net.state_dict(),
-                    "ema": ema.state_dict(),
-                    "opt": opt.state_dict(),
-                    "step": step,
-                    "elapsed": time.perf_counter() - start,
-                }
-            )
+            ckpt.save(step, time.perf_counter() - start)
     bar.close()
-    wall = time.perf_counter() - start if state is None or step > int(state["step"]) else elapsed
+    wall = time.perf_counter() - start
     meta = {
         "class": "art_ssni.diffusion.networks.small_unet.SmallUNet",
         "config": ema.config,
@@ -420,15 +402,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eps-lr", type=float, default=1e-3)
     p.add_argument("--ema-decay", type=float, default=0.999)
     args = p.parse_args(argv)
-    args.argv = list(argv) if argv is not None else []
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
-
-    args = parse_args(argv if argv is not None else sys.argv[1:])
-    args.argv = list(argv if argv is not None else sys.argv[1:])
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
     if args.part in ("all", "classifier"):
         train_classifier(args)

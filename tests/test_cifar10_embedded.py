@@ -232,8 +232,8 @@ def test_training_resumes_to_the_same_weights(part, tmp_path, monkeypatch) -> No
 
     save = trainer.Checkpoint.save
 
-    def interrupted(self, state):
-        save(self, state)
+    def interrupted(self, step, elapsed):
+        save(self, step, elapsed)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer.Checkpoint, "save", interrupted)
