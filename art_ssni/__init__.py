@@ -19,6 +19,8 @@ from .noise import (
     SSNISigmoid,
 )
 from .purification import DAC, GDMP, GNS, DiffPure, MANIPure, Purifier
+from .config import RunConfig, resolve
+from .pipeline import evaluate
 
 __version__ = "0.1.0"
 
@@ -35,8 +37,11 @@ __all__ = [
     "MANIPure",
     "Purifier",
     "ReferenceStats",
+    "RunConfig",
     "SSNILinear",
     "SSNISigmoid",
     "SpectralNoise",
     "VPSchedule",
+    "evaluate",
+    "resolve",
 ]

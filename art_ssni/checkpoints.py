@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .validation import refuse_html
+from .io import refuse_html
 
 __all__ = ["read_checkpoint"]
 

@@ -1,325 +1,312 @@
-"""The SSNI paper's evaluation settings as plain data, and builders for its purifiers.
+"""Every evaluation setting as plain data: the embedded defaults and the SSNI paper's tables.
 
-A :class:`Preset` holds one table of the paper: data set, threat model, attack, the
-checkpoints it needs, each method's purifier settings and SSNI's. Numbers come from DESIGN
-section 2 and 5 (the published DiffPure/GDMP/GNS settings and the paper's protocol); where
-no number is published the preset says what we chose, and why, in ``notes``.
+A :class:`Preset` holds a complete :class:`~art_ssni.config.RunConfig` (its default method,
+DiffPure), one :class:`~art_ssni.config.DefenceConfig` per method it covers, its smoke-run
+sizes, and where its models and data come from. Numbers are the published DiffPure, GDMP,
+GNS, DAC and MANI-Pure settings and the SSNI paper's protocol; where no number is published
+the preset says what we chose, and why, in ``notes``.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import torch
-
 from ._rng import SeedLike
+from .config import AttackConfig, DefenceConfig, Overrides, RunConfig, SSNIConfig
 from .diffusion.model import DiffusionModel
-from .noise import (
-    ATTENTION_LAYERS,
-    AttentionMask,
-    EPSNorm,
-    FixedNoise,
-    ReferenceStats,
-    SpectralNoise,
-    SSNILinear,
-    SSNISigmoid,
-)
-from .purification import DAC, GDMP, GNS, DiffPure, MANIPure, Purifier
-from .purification.engine import GRADIENT_MODES, NoisePolicy
+from .noise import ATTENTION_LAYERS, EPSNorm, ReferenceStats
+from .noise.registry import get_noise
+from .purification.engine import NoisePolicy, Purifier
 from .purification.methods import GNS_CIFAR10_STAGES, GNS_IMAGENET_STAGES, GNS_SURROGATE_STAGES
+from .purification.registry import Settings, get_method
 
 __all__ = [
-    "METHODS",
-    "NOISE_KINDS",
-    "AttackSettings",
-    "MethodSettings",
+    "EMBEDDED",
     "Preset",
-    "SSNISettings",
     "build_noise",
     "build_purifier",
-    "materialise_kwargs",
     "get_preset",
     "list_presets",
-    "load_preset_classifier",
-    "load_preset_diffusion",
-    "load_preset_images",
-    "preset_summary",
 ]
 
-METHODS = ("diffpure", "gdmp", "gns", "dac", "mani-pure")
-NOISE_KINDS = ("fixed", "ssni-l", "ssni-n")
-_CLASSES = {"diffpure": DiffPure, "gdmp": GDMP, "gns": GNS, "dac": DAC, "mani-pure": MANIPure}
-_CHECKPOINT_FILES = {
-    "score_sde": "score_sde checkpoint_8.pth, or a diffusers DDPM folder",
-    "guided_diffusion": "guided-diffusion 256x256_diffusion_uncond.pt",
-}
-Stages = tuple[tuple[int, int], ...]
-
-
-@dataclass(frozen=True)
-class AttackSettings:
-    """The attack of one table: ``kind`` "pgd-eot" or "bpda-eot", its norm and budget.
-
-    ``gradient`` is the purifier gradient mode the published attack used (DESIGN section 3).
-    """
-
-    kind: str
-    norm: str
-    epsilon: float
-    iterations: int = 200
-    eot: int = 20
-    step: float = 0.007
-    gradient: str = "surrogate"
-
-
-@dataclass(frozen=True)
-class MethodSettings:
-    """One method's purifier: its reference level ``t_star`` and constructor arguments."""
-
-    method: str
-    t_star: int
-    purifier: tuple[tuple[str, Any], ...]
-
-    def kwargs(self) -> dict[str, Any]:
-        """The constructor arguments as a fresh dict."""
-        return dict(self.purifier)
-
-
-@dataclass(frozen=True)
-class SSNISettings:
-    """SSNI's EPS measure and reweighting: T' levels, reference images, tau, bias."""
-
-    num_levels: int
-    tau: float
-    bias: float = 0.0
-    reference_images: int = 5000
-    reference_split: str = "train"
-    bounds: str = "reference"
+EMBEDDED = ("digits", "cifar10-embedded")
+"""Presets whose models and data ship with the package (no checkpoint, no data folder)."""
 
 
 @dataclass(frozen=True)
 class Preset:
-    """One evaluation setting of the paper (a table): everything but the checkpoint paths.
+    """One evaluation setting: the run, each method's defence, smoke sizes, and sources.
 
-    ``convention`` is how the diffusion model is queried (``art_ssni.diffusion.CONVENTIONS``);
-    ``samplers`` lists the reverse samplers the table compares (one run each, ``--sampler``).
+    ``diffusion_checkpoint`` / ``classifier`` name what a paper preset needs from the user
+    (None for the embedded presets); ``image_size`` is the purification resolution and
+    ``classifier_input_size`` the classifier's; ``samplers`` lists the reverse samplers the
+    table compares (one run each, ``--sampler``).
     """
 
     name: str
     description: str
-    dataset: str
-    split: str
+    run: RunConfig
+    defences: tuple[DefenceConfig, ...]
     image_size: int
     classifier_input_size: int
-    attack: AttackSettings
-    num_images: int
-    subset_seed: int
-    runs: int
-    diffusion_checkpoint: str
-    classifier: str
-    methods: tuple[MethodSettings, ...]
-    ssni: SSNISettings
-    notes: tuple[str, ...] = field(default=())
-    convention: str = "as-trained"
+    quick: Overrides = Overrides()
+    split: str = "test"
+    subset_seed: int = 0
+    diffusion_checkpoint: str | None = None
+    classifier: str | None = None
     samplers: tuple[str, ...] = ("ddpm",)
+    notes: tuple[str, ...] = field(default=())
 
     @property
-    def norm(self) -> str:
-        return self.attack.norm
+    def dataset(self) -> str:
+        return self.run.dataset
 
     @property
-    def epsilon(self) -> float:
-        return self.attack.epsilon
+    def attack(self) -> AttackConfig:
+        return self.run.attack
 
-    def method(self, name: str) -> MethodSettings:
-        """The settings of ``name`` (one of :data:`METHODS`)."""
-        for settings in self.methods:
-            if settings.method == name:
-                return settings
+    @property
+    def ssni(self) -> SSNIConfig:
+        return self.run.ssni
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods this preset has settings for."""
+        return tuple(d.method for d in self.defences)
+
+    def defence(self, method: str) -> DefenceConfig:
+        """The defence of ``method``; a ValueError lists the methods the preset covers."""
+        for defence in self.defences:
+            if defence.method == method:
+                return defence
         raise ValueError(
-            f"unknown method {name!r} for preset {self.name!r}; expected one of "
-            f"{tuple(m.method for m in self.methods)}"
+            f"preset {self.name!r} has no setting for method {method!r}; it covers "
+            f"{', '.join(self.methods)}"
         )
 
+    def method(self, method: str) -> Settings:
+        """The typed settings of ``method``."""
+        return self.defence(method).settings
 
-def _kw(**kwargs: Any) -> tuple[tuple[str, Any], ...]:
-    return tuple(kwargs.items())
+
+def _defence(method: str, gradient: str = "surrogate", **settings: Any) -> DefenceConfig:
+    return DefenceConfig(method, get_method(method).make_settings(**settings), gradient=gradient)
 
 
-def _diffpure(t_star: int, steps: int, surrogate_steps: int = 20) -> MethodSettings:
-    return MethodSettings(
-        "diffpure", t_star, _kw(t_star=t_star, steps=steps, surrogate_steps=surrogate_steps)
+def _preset(
+    name: str, description: str, dataset: str, defences: tuple[DefenceConfig, ...], **kwargs: Any
+) -> Preset:
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    run = RunConfig(
+        name, dataset, defences[0], **{k: kwargs.pop(k) for k in list(kwargs) if k in run_fields}
     )
+    return Preset(name, description, run, defences, **kwargs)
 
 
-def _gdmp(t_star: int, runs: int, steps: int) -> MethodSettings:
-    return MethodSettings(
-        "gdmp",
-        t_star,
-        _kw(t_star=t_star, runs=runs, steps=steps, surrogate_steps=6, guidance="none"),
-    )
+# --- the embedded defaults ------------------------------------------------------------------
 
-
-def _gns(stages: Stages, surrogate: Stages) -> MethodSettings:
-    t_star = max(t for t, _ in stages)
-    return MethodSettings(
-        "gns", t_star, _kw(stages=stages, surrogate_stages=surrogate, t_star=t_star, votes=10)
-    )
-
-
-def _dac(
-    t_large: int, t_small: int, surrogate_stride: int, layers: str, **mask: float
-) -> MethodSettings:
-    """DAC's published setting; ``layers`` names an entry of ATTENTION_LAYERS and ``mask``
-    holds threshold or top_fraction (the mask is built from the classifier at run time)."""
-    return MethodSettings(
-        "dac",
-        t_large,
-        _kw(
-            t_large=t_large, t_small=t_small, stride=2, resample=3,
-            surrogate_stride=surrogate_stride, votes=20, mask_layers=ATTENTION_LAYERS[layers],
-            **mask,
+# The digits settings were chosen by benchmarks/sweep_embedded.py (benchmarks/README.md). DAC
+# and MANI-Pure run at DiffPure's t* = 60 and 10 network rows per image: DAC's grid stride 6
+# gives 5 + 5 steps (t_small = 30, the published ratio 1/2), its surrogate 2 calls; its mask
+# reads the last ReLU of each conv stage of the digits classifier with threshold 0.5, our
+# choice: the published 0.9 marks 7 % of an 8x8 digit, 0.5 about 36 % (measured on 200 test
+# digits). MANI-Pure on 8x8 images: 4 radial bands and a low-frequency disk of radius 2.
+_DIGITS_CHAIN = {"t_star": 60, "steps": 10, "surrogate_steps": 5}
+DIGITS = _preset(
+    "digits",
+    "8x8 digits (embedded): the shipped classifier and diffusion model",
+    "digits",
+    (
+        _defence("diffpure", "full", **_DIGITS_CHAIN),
+        _defence("gdmp", "full", **_DIGITS_CHAIN),
+        _defence("gns", "full"),
+        _defence(
+            "dac",
+            "full",
+            t_large=60,
+            t_small=30,
+            stride=6,
+            resample=3,
+            surrogate_stride=30,
+            votes=20,
+            mask_layers=ATTENTION_LAYERS["digits"],
+            threshold=0.5,
         ),
-    )  # fmt: skip
-
-
-def _mani_pure(t_star: int, steps: int, surrogate_steps: int, radius: float) -> MethodSettings:
-    return MethodSettings(
-        "mani-pure",
-        t_star,
-        _kw(
-            t_star=t_star, steps=steps, surrogate_steps=surrogate_steps, radius=radius,
-            delta=0.3, bands=8, gamma=1.8, spectral_mode="shaped",
-        ),
-    )  # fmt: skip
-
-
-_MASK_KEYS = ("mask_layers", "threshold", "top_fraction", "mask_mean", "mask_std")
-_SPECTRAL_KEYS = {"bands": "bands", "gamma": "gamma", "spectral_mode": "mode"}
-
-
-def materialise_kwargs(
-    method: str, kwargs: Mapping[str, Any], classifier: torch.nn.Module | None = None
-) -> dict[str, Any]:
-    """Plain preset arguments -> constructor arguments: DAC's ``mask_layers`` (with
-    ``threshold`` / ``top_fraction``) become an :class:`~art_ssni.noise.AttentionMask` on
-    ``classifier``, MANI-Pure's ``bands`` / ``gamma`` / ``spectral_mode`` a
-    :class:`~art_ssni.noise.SpectralNoise`; other methods' arguments pass unchanged."""
-    out = dict(kwargs)
-    if method == "dac" and "mask" not in out:
-        mask = {key: out.pop(key) for key in _MASK_KEYS if key in out}
-        if classifier is None:
-            raise ValueError("DAC needs mask= or the classifier its attention mask reads")
-        out["mask"] = AttentionMask(
-            classifier,
-            mask.pop("mask_layers"),
-            threshold=mask.get("threshold", 0.9),
-            top_fraction=mask.get("top_fraction"),
-            mean=mask.get("mask_mean"),
-            std=mask.get("mask_std"),
-        )
-    if method == "mani-pure" and "spectral" not in out:
-        spectral = {name: out.pop(key) for key, name in _SPECTRAL_KEYS.items() if key in out}
-        out["spectral"] = SpectralNoise(**spectral)
-    return out
-
-
-_CIFAR10_COMMON: dict[str, Any] = dict(
-    dataset="cifar10",
-    split="test",
-    image_size=32,
-    classifier_input_size=32,
-    num_images=512,
-    subset_seed=0,
-    runs=3,
-    diffusion_checkpoint="score_sde",
-    classifier="robustbench-standard-wrn-28-10",
-    ssni=SSNISettings(num_levels=20, tau=20.0),
+        _defence("mani-pure", "full", **_DIGITS_CHAIN, radius=2.0, delta=0.3, bands=4, gamma=1.8),
+    ),  # fmt: skip
+    attack=AttackConfig(eps=0.2, step=0.025, iterations=10, eot=2, judge_draws=8),
+    ssni=SSNIConfig(num_levels=20),
+    n_images=128,
+    draws=8,
+    batch_size=64,
+    image_size=8,
+    classifier_input_size=8,
 )
+
+
+def _cifar10_card_choice() -> dict[str, Any]:
+    """tau and the per-policy biases benchmarks/sweep_cifar10.py chose on training images,
+    as the model card records them."""
+    from .models.zoo import CIFAR10_FILES, load_zoo_manifest
+
+    return load_zoo_manifest(name=CIFAR10_FILES["card"]).get("ssni", {}).get("chosen", {})
+
+
+def _cifar10_defences(classifier_layers: str) -> tuple[DefenceConfig, ...]:
+    """cifar10-linf's methods: DiffPure, GDMP, GNS, DAC (mask on ``classifier_layers``),
+    MANI-Pure, each with its published CIFAR-10 setting."""
+    return (
+        _defence("diffpure", t_star=100, steps=100, surrogate_steps=20),
+        _defence(
+            "gdmp", t_star=36, runs=4, steps=36, surrogate_steps=6, guidance="none"
+        ),
+        _defence(
+            "gns", stages=GNS_CIFAR10_STAGES, surrogate_stages=GNS_SURROGATE_STAGES, t_star=125,
+            votes=10,
+        ),
+        _defence(
+            "dac", t_large=200, t_small=100, stride=2, resample=3, surrogate_stride=100,
+            votes=20, mask_layers=ATTENTION_LAYERS[classifier_layers], threshold=0.9,
+        ),
+        _defence(
+            "mani-pure", t_star=100, steps=100, surrogate_steps=20, radius=10.0, delta=0.3,
+            bands=8, gamma=1.8, spectral_mode="shaped",
+        ),
+    )  # fmt: skip
+
+
+def _cifar10_embedded() -> Preset:
+    """The cifar10-linf protocol (each method's published t*, Linf 8/255) on the shipped
+    CIFAR-10 models, sized for a CPU: 64 of the 512 shipped images, 10 PGD iterations of
+    2/255 with one EOT draw, 5 defence draws. DiffPure runs t* = 100 in 20 DDPM steps
+    (stride 5) and is attacked through its exact gradient; the other methods keep their
+    published steps and are attacked through their surrogates. GNS's stages reach 125, inside
+    the UNet's 300 trained levels; DAC reads the CompactCNN's three blocks."""
+    chosen = _cifar10_card_choice()
+    paper = _cifar10_defences("compact-cnn")
+    diffpure = dataclasses.replace(
+        paper[0],
+        settings=dataclasses.replace(paper[0].settings, steps=20, surrogate_steps=5),
+        gradient="full",
+    )
+    biases = tuple((noise, float(chosen[f"bias_{noise.replace('-', '_')}"]))
+                   for noise in ("ssni-l", "ssni-n") if f"bias_{noise.replace('-', '_')}" in chosen)  # fmt: skip
+    return _preset(
+        "cifar10-embedded",
+        "CIFAR-10 (embedded): the shipped classifier, diffusion model and 512 test images",
+        "cifar10-embedded",
+        (diffpure, *paper[1:]),
+        attack=AttackConfig(step=2 / 255, iterations=10, eot=1),
+        ssni=SSNIConfig(num_levels=20, tau=chosen.get("tau"), biases=biases),
+        n_images=64,
+        draws=5,
+        batch_size=64,
+        image_size=32,
+        classifier_input_size=32,
+        # A smoke run that checks the pipeline, not a result: 4 images, 5 reverse steps,
+        # 2 iterations, one-shot rows only.
+        quick=Overrides(
+            n_images=4, steps=5, surrogate_steps=2, iterations=2, eot=1, draws=2, judge_draws=0
+        ),
+    )
+
+
+# --- the SSNI paper's tables ----------------------------------------------------------------
+
 _CIFAR10_NOTES = (
     "Diffusion model: score_sde checkpoint_8.pth (DDPM++ deep, continuous VP); the diffusers "
     "DDPM google/ddpm-cifar10-32 is a cheaper substitute, not the paper's model.",
     "DiffPure steps=100 is stride 1: the engine runs min(steps, t_i) steps per sample.",
     "GDMP surrogate_steps=6 per run is this library's default, not a published number.",
     "GNS votes=10 is the published majority vote; the vote belongs to the classifier side.",
-    "SSNI bias b=0 is our neutral default: the paper tunes b per method and DESIGN records no "
+    "SSNI bias b=0 is our neutral default: the paper tunes b per method and publishes no "
     "value. tau=20 and T'=20 are the paper's CIFAR-10 choices.",
     "Convention as-trained: the score_sde model gets the label 999 t/N on the continuous VP "
     "abar, as it was trained and as DiffPure's SDE path and EPS-AD query it. Lee & Kim's DDPM "
     "re-implementation feeds it t-1 on the discrete abar (outputs differ by about 2e-2): "
     "`--convention lee-kim` reproduces that.",
 )
+_CIFAR10: dict[str, Any] = dict(
+    n_images=512,
+    draws=10,
+    batch_size=64,
+    runs=3,
+    ssni=SSNIConfig(num_levels=20, tau=20.0),
+    image_size=32,
+    classifier_input_size=32,
+    diffusion_checkpoint="score_sde",
+    classifier="robustbench-standard-wrn-28-10",
+)
+_CIFAR10_LINF = _cifar10_defences("wrn-28-10")
 
-_PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in (
-        Preset(
-            name="cifar10-linf",
-            description="CIFAR-10, PGD+EOT, Linf 8/255",
-            attack=AttackSettings(kind="pgd-eot", norm="Linf", epsilon=8 / 255),
-            methods=(
-                _diffpure(100, 100),
-                _gdmp(36, 4, 36),
-                _gns(GNS_CIFAR10_STAGES, GNS_SURROGATE_STAGES),
-                _dac(200, 100, 100, "wrn-28-10", threshold=0.9),
-                _mani_pure(100, 100, 20, radius=10.0),
-            ),
+
+def _paper_presets() -> tuple[Preset, ...]:
+    return (
+        _preset(
+            "cifar10-linf",
+            "CIFAR-10, PGD+EOT, Linf 8/255",
+            "cifar10",
+            _CIFAR10_LINF,
+            attack=AttackConfig(),
             notes=_CIFAR10_NOTES
             + (
                 "DAC: the published CIFAR-10 setting (t_large 200, t_small 100, stride 2, 3 "
                 "resampling transitions, threshold 0.9 on WRN-28-10's three groups and final "
-                "ReLU, a 20-vote majority); the surrogate (stride 100, 2 calls) is the issue's.",
+                "ReLU, a 20-vote majority); the surrogate (stride 100, 2 calls) is our choice.",
                 "MANI-Pure is reconstructed from the paper's main text: t*=100 with 100 steps as "
                 "DiffPure, 8 bands, gamma 1.8, radius 10 and delta 0.3; the FreqPure reference "
                 "level 10 and the 20-step surrogate are our choices.",
             ),
-            **_CIFAR10_COMMON,
+            **_CIFAR10,
         ),
-        Preset(
-            name="cifar10-l2",
-            description="CIFAR-10, PGD+EOT, L2 0.5",
-            attack=AttackSettings(kind="pgd-eot", norm="L2", epsilon=0.5),
-            methods=(
-                _diffpure(75, 100),
-                _gdmp(36, 4, 36),
-                _gns(GNS_CIFAR10_STAGES, GNS_SURROGATE_STAGES),
+        _preset(
+            "cifar10-l2",
+            "CIFAR-10, PGD+EOT, L2 0.5",
+            "cifar10",
+            (
+                _defence("diffpure", t_star=75, steps=100, surrogate_steps=20),
+                *_CIFAR10_LINF[1:3],
             ),
+            attack=AttackConfig(norm="L2", eps=0.5),
             notes=_CIFAR10_NOTES
             + (
                 "GDMP and GNS under L2 keep their Linf settings (4 runs of 36; stages "
-                "30x4,50x2,125x2): DESIGN records no L2 setting for them, and DiffPure's is "
+                "30x4,50x2,125x2): no L2 setting is published for them, and DiffPure's is "
                 "the only L2-specific level (t*=75).",
                 "step=0.007 is the paper's; its reference code applies it as a sign step, our "
                 "L2 attack as a normalised-gradient step of that L2 length (200 of them reach "
                 "1.4, beyond the 0.5 ball).",
             ),
-            **_CIFAR10_COMMON,
+            **_CIFAR10,
         ),
-        Preset(
-            name="cifar10-bpda",
-            description="CIFAR-10, BPDA+EOT, Linf 8/255",
-            attack=AttackSettings(kind="bpda-eot", norm="Linf", epsilon=8 / 255, gradient="bpda"),
-            methods=(
-                _diffpure(100, 100),
-                _gdmp(50, 2, 50),
-                _gns(GNS_CIFAR10_STAGES, GNS_SURROGATE_STAGES),
+        _preset(
+            "cifar10-bpda",
+            "CIFAR-10, BPDA+EOT, Linf 8/255",
+            "cifar10",
+            tuple(
+                dataclasses.replace(d, gradient="bpda")
+                for d in (
+                    _CIFAR10_LINF[0],
+                    _defence("gdmp", t_star=50, runs=2, steps=50, surrogate_steps=6),
+                    _CIFAR10_LINF[2],
+                )
             ),
+            attack=AttackConfig(attacks=("bpda-eot", "selector-aware")),
             notes=_CIFAR10_NOTES
             + (
                 "GDMP uses its published BPDA setting, 2 runs of 50 steps from t=50.",
                 "BPDA differentiates the identity, so surrogate settings are unused.",
             ),
-            **_CIFAR10_COMMON,
+            **_CIFAR10,
         ),
-        Preset(
-            name="cifar10-sampler",
-            description="CIFAR-10, PGD+EOT, Linf 8/255: DiffPure t*=100 with DDPM, SDE, DDIM",
-            attack=AttackSettings(kind="pgd-eot", norm="Linf", epsilon=8 / 255),
-            methods=(_diffpure(100, 100),),
+        _preset(
+            "cifar10-sampler",
+            "CIFAR-10, PGD+EOT, Linf 8/255: DiffPure t*=100 with DDPM, SDE, DDIM",
+            "cifar10",
+            _CIFAR10_LINF[:1],
+            attack=AttackConfig(),
             samplers=("ddpm", "sde", "ddim"),
             notes=_CIFAR10_NOTES
             + (
@@ -330,41 +317,66 @@ _PRESETS: dict[str, Preset] = {
                 "whole batch; ours starts each sample at its own level, so the SDE row also "
                 "runs with SSNI.",
             ),
-            **_CIFAR10_COMMON,
+            **_CIFAR10,
         ),
-        Preset(
-            name="imagenet-linf",
-            description="ImageNet, PGD+EOT, Linf 4/255",
-            dataset="imagenet",
-            split="val",
+        _preset(
+            "imagenet-linf",
+            "ImageNet, PGD+EOT, Linf 4/255",
+            "imagenet",
+            (
+                _defence(
+                    "diffpure", t_star=150, steps=150, surrogate_steps=10, surrogate_t_star=200
+                ),
+                _CIFAR10_LINF[1],
+                _defence(
+                    "gns",
+                    stages=GNS_IMAGENET_STAGES,
+                    surrogate_stages=((30, 1), (50, 1), (200, 10)),
+                    t_star=200,
+                    votes=10,
+                ),
+                _defence(
+                    "dac",
+                    t_large=400,
+                    t_small=200,
+                    stride=2,
+                    resample=3,
+                    surrogate_stride=200,
+                    votes=20,
+                    mask_layers=ATTENTION_LAYERS["resnet-50"],
+                    top_fraction=0.15,
+                ),
+                _defence(
+                    "mani-pure",
+                    t_star=150,
+                    steps=150,
+                    surrogate_steps=10,
+                    radius=80.0,
+                    delta=0.3,
+                    bands=8,
+                    gamma=1.8,
+                    spectral_mode="shaped",
+                ),
+            ),  # fmt: skip
+            attack=AttackConfig(eps=4 / 255),
+            ssni=SSNIConfig(num_levels=50, tau=160.0),
+            n_images=512,
+            draws=10,
+            batch_size=8,
+            runs=3,
             image_size=256,
             classifier_input_size=224,
-            attack=AttackSettings(kind="pgd-eot", norm="Linf", epsilon=4 / 255),
-            num_images=512,
-            subset_seed=0,
-            runs=3,
+            split="val",
             diffusion_checkpoint="guided_diffusion",
             classifier="torchvision-resnet50-v1",
-            methods=(
-                MethodSettings(
-                    "diffpure",
-                    150,
-                    _kw(t_star=150, steps=150, surrogate_steps=10, surrogate_t_star=200),
-                ),
-                _gdmp(36, 4, 36),
-                _gns(GNS_IMAGENET_STAGES, ((30, 1), (50, 1), (200, 10))),
-                _dac(400, 200, 200, "resnet-50", top_fraction=0.15),
-                _mani_pure(150, 150, 10, radius=80.0),
-            ),
-            ssni=SSNISettings(num_levels=50, tau=160.0),
             notes=(
                 "Diffusion model: guided-diffusion 256x256_diffusion_uncond.pt; purification "
                 "runs at 256 and the classifier wrapper resizes to 224 (bilinear).",
                 "DiffPure: defence t*=150 (published) with stride 1, steps=150 (our choice, as "
-                "on CIFAR-10); attack surrogate at t=200 with 10 steps, as DESIGN records for "
-                "the DDPM re-implementation.",
-                "GDMP on ImageNet keeps the CIFAR-10 PGD setting (4 runs of 36): DESIGN records "
-                "no ImageNet setting.",
+                "on CIFAR-10); attack surrogate at t=200 with 10 steps, as the DDPM "
+                "re-implementation (Lee & Kim) attacks it.",
+                "GDMP on ImageNet keeps the CIFAR-10 PGD setting (4 runs of 36): no ImageNet "
+                "setting is published.",
                 "GNS surrogate (30,1),(50,1),(200,10) is our choice: the CIFAR-10 surrogate with "
                 "its last level raised to the ImageNet stages' 200 and the ImageNet surrogate's "
                 "10 steps.",
@@ -382,20 +394,30 @@ _PRESETS: dict[str, Preset] = {
             ),
         ),
     )
-}
+
+
+_PRESETS: dict[str, Preset] = {}
+
+
+def _registry() -> dict[str, Preset]:
+    if not _PRESETS:
+        _PRESETS.update({p.name: p for p in (DIGITS, _cifar10_embedded(), *_paper_presets())})
+    return _PRESETS
 
 
 def list_presets() -> tuple[str, ...]:
-    """The preset names, sorted."""
-    return tuple(sorted(_PRESETS))
+    """Every preset name: the embedded ones first, then the paper's tables, sorted."""
+    return (*EMBEDDED, *sorted(set(_registry()) - set(EMBEDDED)))
 
 
 def get_preset(name: str) -> Preset:
     """The preset called ``name``; a ValueError lists the valid names."""
     try:
-        return _PRESETS[name]
+        return _registry()[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown preset {name!r}; expected one of {list_presets()}") from None
+        raise ValueError(
+            f"unknown preset {name!r}; choose from {', '.join(list_presets())}"
+        ) from None
 
 
 def _resolve(preset: Preset | str) -> Preset:
@@ -418,20 +440,21 @@ def build_noise(
     ``bias`` override the preset's.
     """
     preset = _resolve(preset)
-    t_star = preset.method(method).t_star
-    if kind not in NOISE_KINDS:
-        raise ValueError(f"unknown noise kind {kind!r}; expected one of {NOISE_KINDS}")
-    if kind == "fixed":
-        return FixedNoise(t_star)
-    if stats is None:
+    spec = get_noise(kind)
+    t_star = get_method(method).level(preset.method(method))
+    ssni = preset.ssni
+    if spec.uses_scores and stats is None:
         raise ValueError(
             f"noise {kind!r} needs reference statistics (art-ssni stats --preset {preset.name})"
         )
-    eps_norm = EPSNorm(diffusion, num_levels=preset.ssni.num_levels)
-    bias = preset.ssni.bias if bias is None else bias
-    if kind == "ssni-l":
-        return SSNILinear(eps_norm, stats, t_star, bias, bounds=preset.ssni.bounds)
-    return SSNISigmoid(eps_norm, stats, t_star, bias, preset.ssni.tau if tau is None else tau)
+    return spec.build(
+        t_star,
+        eps_norm=EPSNorm(diffusion, num_levels=ssni.num_levels) if spec.uses_scores else None,
+        stats=stats,
+        bias=ssni.bias_for(kind) if bias is None else bias,
+        tau=ssni.tau if tau is None else tau,
+        bounds=ssni.bounds,
+    )
 
 
 def build_purifier(
@@ -446,147 +469,35 @@ def build_purifier(
     """The preset's DiffPure, GDMP, GNS, DAC or MANI-Pure around ``diffusion``.
 
     ``noise`` defaults to the fixed t* of the method; a policy's ``t_star`` must equal it, as
-    the engine scales every stage by t_i / t*. ``gradient`` defaults to the mode of the
-    preset's attack ("surrogate" for the PGD tables, "bpda" for BPDA). ``overrides`` replace
-    single constructor arguments (e.g. ``steps=``); DAC also takes ``classifier=`` (its
-    attention mask reads it) or ``mask=``.
+    the engine scales every stage by t_i / t*. ``gradient`` defaults to the preset's mode
+    ("surrogate" for the PGD tables, "bpda" for BPDA). ``overrides`` replace single settings
+    (e.g. ``steps=``); ``classifier=`` reaches DAC's attention mask and ``sampler=`` the
+    reverse sampler.
     """
     preset = _resolve(preset)
-    if method not in _CLASSES:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    settings = preset.method(method)
-    gradient = preset.attack.gradient if gradient is None else gradient
-    if gradient not in GRADIENT_MODES:
-        raise ValueError(f"gradient must be one of {GRADIENT_MODES}, got {gradient!r}")
+    spec = get_method(method)
+    defence = preset.defence(method)
     expected = (3, preset.image_size, preset.image_size)
     if diffusion.image_shape is not None and tuple(diffusion.image_shape) != expected:
         raise ValueError(
             f"preset {preset.name!r} purifies {expected} images, the diffusion model takes "
             f"{tuple(diffusion.image_shape)}"
         )
-    policy_t = getattr(noise, "t_star", settings.t_star)
-    if noise is not None and policy_t != settings.t_star:
-        raise ValueError(
-            f"the noise policy is calibrated around t*={policy_t}, but {method} in "
-            f"{preset.name!r} runs at t*={settings.t_star}; build it with build_noise()"
-        )
-    kwargs = settings.kwargs()
     classifier = overrides.pop("classifier", None)
-    kwargs.update(overrides)
-    kwargs = materialise_kwargs(method, kwargs, classifier)
-    purifier = _CLASSES[method](
-        diffusion, noise=noise, gradient=gradient, generator=generator, **kwargs
+    sampler = overrides.pop("sampler", None)
+    settings = spec.make_settings(**{**dataclasses.asdict(defence.settings), **overrides})
+    level = spec.level(settings)
+    if noise is not None and getattr(noise, "t_star", level) != level:
+        raise ValueError(
+            f"the noise policy is calibrated around t*={noise.t_star}, but {method} in "
+            f"{preset.name!r} runs at t*={level}; build it with build_noise()"
+        )
+    return spec.build(
+        diffusion,
+        settings,
+        classifier=classifier,
+        noise=noise,
+        gradient=defence.gradient if gradient is None else gradient,
+        sampler=sampler,
+        generator=generator,
     )
-    return purifier
-
-
-def preset_summary(preset: Preset | str) -> Mapping[str, Any]:
-    """A flat, JSON-friendly record of a preset (for result files and the CLI's --help)."""
-    preset = _resolve(preset)
-    return {
-        "name": preset.name,
-        "dataset": preset.dataset,
-        "norm": preset.attack.norm,
-        "epsilon": preset.attack.epsilon,
-        "attack": preset.attack.kind,
-        "iterations": preset.attack.iterations,
-        "eot": preset.attack.eot,
-        "step": preset.attack.step,
-        "gradient": preset.attack.gradient,
-        "num_images": preset.num_images,
-        "runs": preset.runs,
-        "diffusion_checkpoint": preset.diffusion_checkpoint,
-        "convention": preset.convention,
-        "samplers": list(preset.samplers),
-        "classifier": preset.classifier,
-        "methods": {
-            m.method: {"t_star": m.t_star, **{k: _plain(v) for k, v in m.purifier}}
-            for m in preset.methods
-        },
-        "ssni": {
-            "num_levels": preset.ssni.num_levels,
-            "tau": preset.ssni.tau,
-            "bias": preset.ssni.bias,
-            "reference_images": preset.ssni.reference_images,
-        },
-    }
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def load_preset_diffusion(
-    preset: Preset | str, path: str | os.PathLike | None, convention: str | None = None
-) -> DiffusionModel:
-    """The preset's diffusion model from a local file (a folder loads as diffusers), queried
-    with ``convention`` (default: the preset's)."""
-    preset = _resolve(preset)
-    convention = preset.convention if convention is None else convention
-    if path is None:
-        raise ValueError(
-            f"preset {preset.name!r} needs --diffusion-checkpoint "
-            f"({_CHECKPOINT_FILES[preset.diffusion_checkpoint]})"
-        )
-    path = Path(path)
-    if path.is_dir():
-        return DiffusionModel.from_diffusers(path, convention=convention)
-    if not path.is_file():
-        raise FileNotFoundError(f"diffusion checkpoint {path} does not exist")
-    if preset.diffusion_checkpoint == "score_sde":
-        return DiffusionModel.from_score_sde(path, convention=convention)
-    return DiffusionModel.from_guided_diffusion(path, convention=convention)
-
-
-def load_preset_classifier(preset: Preset | str, path: str | os.PathLike | None) -> torch.nn.Module:
-    """The preset's classifier, taking [0, 1] images at the purification size."""
-    from .models.classifiers import load_cifar10_wideresnet, load_imagenet_resnet50
-
-    preset = _resolve(preset)
-    if preset.dataset == "imagenet":
-        return load_imagenet_resnet50(path)
-    if path is None:
-        raise ValueError(
-            f"preset {preset.name!r} needs --classifier-checkpoint (RobustBench Standard.pt or "
-            "its model_dir)"
-        )
-    return load_cifar10_wideresnet(path)
-
-
-def load_preset_images(
-    preset: Preset | str,
-    split: str,
-    data_dir: str | os.PathLike | None,
-    *,
-    n_images: int | None = None,
-    seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images of the preset's data set; ``split`` is "test" (evaluation) or "train" (stats).
-
-    CIFAR-10's test split is read whole (seconds). Otherwise only the ``n_images`` that a
-    sorted ``randperm(total, seed)[:n_images]`` picks are decoded, the same images a caller
-    would pick from the whole split with that rule.
-    """
-    from .data.cifar10 import CIFAR10_SIZES, fixed_subset, load_cifar10
-    from .data.imagenet import imagenet_val_files, load_imagenet_val
-
-    preset = _resolve(preset)
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if preset.dataset == "cifar10":
-        if split == "test":
-            return load_cifar10("test", root=data_dir)
-        n = min(n_images or preset.ssni.reference_images, CIFAR10_SIZES["train"])
-        index = fixed_subset(n, CIFAR10_SIZES["train"], seed=seed).sort().values
-        return load_cifar10("train", root=data_dir, indices=index)
-    if data_dir is None:
-        raise ValueError(f"preset {preset.name!r} needs --data-dir (an ImageNet folder)")
-    root = Path(data_dir)
-    if split == "train" and (root / "train").is_dir():
-        root = root / "train"
-    total = len(imagenet_val_files(root)[0])
-    n = min(n_images or preset.num_images, total)
-    index = fixed_subset(n, total, seed=seed).sort().values
-    return load_imagenet_val(root, indices=index, size=preset.image_size)

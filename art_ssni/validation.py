@@ -96,15 +96,3 @@ def as_floating(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
             " (scale integer images to [0, 1] first)"
         )
     return x if x.dtype == dtype else x.to(dtype)
-
-
-def refuse_html(path: object, what: str) -> None:
-    """Raise ``ValueError`` if the file at ``path`` is an HTML page (a failed download)."""
-    with open(path, "rb") as handle:  # type: ignore[arg-type]
-        head = handle.read(512).lstrip().lower()
-    if head.startswith((b"<!doctype", b"<html")):
-        raise ValueError(
-            f"{what} file {path} is an HTML page, not weights: the download saved an error or "
-            "confirmation page (Google Drive does this when its quota is exceeded); download "
-            "the file again and check its size"
-        )

@@ -1,4 +1,4 @@
-"""Is our strongest attack at least as strong as the external ones? (issue 12, item 5)
+"""Is our strongest attack at least as strong as the external ones?
 
 On the embedded default (digits, shipped classifier and diffusion model, DiffPure at t* = 60
 with full gradients through 10 reverse steps, Linf eps 0.2), every attack gets the same
@@ -24,30 +24,31 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 from art_ssni import DefendedClassifier, DiffPure, DiffusionModel
-from art_ssni.cli import DIGITS_DEFAULTS
 from art_ssni.data import fixed_subset, load_digits
 from art_ssni.evaluation import aggregate, apgd_eot, autoattack_rand, pgd_eot, predict_draws
+from art_ssni.io import atomic_write_text
 from art_ssni.models.zoo import load_embedded_classifier, load_embedded_eps_net
+from art_ssni.presets import get_preset
 
 ATTACK_SEED = 100
 JUDGE_SEED = 7
+DIGITS = get_preset("digits")
+DIFFPURE = next(d for d in DIGITS.defences if d.method == "diffpure")
 
 
 def build_model() -> DefendedClassifier:
     """DiffPure at the embedded default's t*, steps and gradient mode."""
-    d = DIGITS_DEFAULTS
     diffusion = DiffusionModel(load_embedded_eps_net(), image_shape=(1, 8, 8), name="digits")
     purifier = DiffPure(
         diffusion,
-        t_star=d["t_star"],
-        steps=d["steps"],
-        surrogate_steps=d["surrogate_steps"],
-        gradient=d["gradient"],
+        t_star=DIFFPURE.settings.t_star,
+        steps=DIFFPURE.settings.steps,
+        surrogate_steps=DIFFPURE.settings.surrogate_steps,
+        gradient=DIFFPURE.gradient,
     )
     return DefendedClassifier(purifier, load_embedded_classifier())
 
@@ -120,12 +121,12 @@ def attacks(args: argparse.Namespace) -> dict[str, tuple[str, Callable, int, int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-images", type=int, default=64)
-    parser.add_argument("--eps", type=float, default=DIGITS_DEFAULTS["eps"])
-    parser.add_argument("--step", type=float, default=DIGITS_DEFAULTS["step"])
-    parser.add_argument("--eot", type=int, default=DIGITS_DEFAULTS["eot"])
+    parser.add_argument("--eps", type=float, default=DIGITS.run.attack.eps)
+    parser.add_argument("--step", type=float, default=DIGITS.run.attack.step)
+    parser.add_argument("--eot", type=int, default=DIGITS.run.attack.eot)
     parser.add_argument("--gradients", type=int, default=20, help="EOT gradient passes")
     parser.add_argument("--judge-draws", type=int, default=4, help="in-loop draws N")
-    parser.add_argument("--draws", type=int, default=DIGITS_DEFAULTS["draws"])
+    parser.add_argument("--draws", type=int, default=DIGITS.run.draws)
     parser.add_argument("--only", help="comma-separated row keys to run (default: all)")
     parser.add_argument("--out", default="benchmarks/results/attack_strength.json")
     args = parser.parse_args()
@@ -143,12 +144,12 @@ def main() -> None:
             raise SystemExit(f"unknown rows {unknown}; choose from {sorted(chosen)}")
         chosen = {key: chosen[key] for key in keys}
     for key, (name, attack, gradients, forwards) in chosen.items():
-        model.purifier.generator = torch.Generator().manual_seed(ATTACK_SEED)
+        model.reseed(ATTACK_SEED)
         start = time.perf_counter()
         x_adv = attack(model, x, y).detach()
         seconds = time.perf_counter() - start
         assert (x_adv - x).abs().max() <= args.eps + 1e-5 and 0 <= x_adv.min() <= x_adv.max() <= 1
-        model.purifier.generator = torch.Generator().manual_seed(JUDGE_SEED)
+        model.reseed(JUDGE_SEED)
         robust = aggregate(predict_draws(model, x_adv, args.draws), y)
         rows.append(
             {
@@ -166,7 +167,7 @@ def main() -> None:
             f"  worst {100 * robust['worst']:5.1f}  {seconds:6.1f} s",
             flush=True,
         )
-    model.purifier.generator = torch.Generator().manual_seed(JUDGE_SEED)
+    model.reseed(JUDGE_SEED)
     clean = aggregate(predict_draws(model, x, args.draws), y)
     ours = [r for r in rows if r["attack"].startswith("ours")]
     external = [r for r in rows if not r["attack"].startswith("ours")]
@@ -182,8 +183,7 @@ def main() -> None:
         "ours_at_least_as_strong": verdict,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps({"clean": clean, "ours_at_least_as_strong": verdict}))
 
 

@@ -1,8 +1,10 @@
 """Heterogeneous-noise benchmark: DAC and MANI-Pure against DiffPure at the same rows.
 
-For each method, fixed and with SSNI-N: network rows per purified image (counted), seconds
-per image, and the time per network row relative to DiffPure's with the same noise kind
-(1.0 means the method costs exactly its rows); the methods are timed round robin,
+For each method, fixed and with SSNI-N: network rows per purified image (``Purifier.rows``
+of the levels the timed pass picked; the SSNI policy's scoring rows are the rest of the rows
+the counting network saw), seconds per image, and the time per network row relative to
+DiffPure's with the same noise kind (1.0 means the method costs exactly its rows, scoring
+included); the methods are timed round robin,
 ``--repeats`` rounds, median. The `full` gradient's memory is the bytes the
 autograd graph keeps for backward (saved-tensor hooks, as bench_core.py; MANI-Pure's graph
 includes its reference call, which is not recomputed) plus one recomputed network call.
@@ -51,6 +53,11 @@ def small_classifier() -> nn.Module:
     ).eval()
 
 
+def _time_per_row(entry: dict) -> float:
+    """Seconds per network row: the purification's and the noise policy's scoring rows."""
+    return entry["seconds_per_image"] / (entry["rows_per_image"] + entry["scoring_rows_per_image"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -89,21 +96,28 @@ def main() -> None:
     with torch.no_grad():
         for _ in range(args.repeats):  # round robin, so that machine load hits all alike
             for key, purifier in purifiers.items():
+                passes: list[torch.Tensor] = []
                 counter.rows = 0
-                seconds[key].append(timed(lambda p=purifier: p(x), 1, device))
+                seconds[key].append(
+                    timed(
+                        lambda p=purifier, out=passes: out.append(p.forward_with_levels(x)[1]),
+                        1,
+                        device,
+                    )
+                )
+                (levels,) = passes
+                purification = purifier.rows(levels)
                 timing[key] = {
-                    "rows_per_image": counter.rows / args.batch,
-                    "levels": purifier.levels(x, 0).tolist(),
+                    "rows_per_image": purification / args.batch,
+                    "scoring_rows_per_image": (counter.rows - purification) / args.batch,
+                    "levels": levels.tolist(),
                 }
     for key, entry in timing.items():
         entry["seconds_per_image"] = statistics.median(seconds[key]) / args.batch
         entry["seconds_all_repeats"] = seconds[key]
     for key, entry in timing.items():
         base = timing["DiffPure, " + key.split(", ")[1]]
-        per_row = entry["seconds_per_image"] / entry["rows_per_image"]
-        entry["time_per_row_vs_diffpure"] = per_row / (
-            base["seconds_per_image"] / base["rows_per_image"]
-        )
+        entry["time_per_row_vs_diffpure"] = _time_per_row(entry) / _time_per_row(base)
 
     xg = x.clone().requires_grad_(True)
     call = saved_bytes(lambda: diffusion.eps(xg * 2 - 1, torch.full((args.batch,), 100))) / 2**20

@@ -35,6 +35,7 @@ import torch
 from art_ssni import DefendedClassifier, DiffPure, DiffusionModel, EPSNorm, ReferenceStats
 from art_ssni.data import fixed_subset, load_cifar10
 from art_ssni.evaluation import pgd_eot
+from art_ssni.io import atomic_write_text
 from art_ssni.models.zoo import (
     CIFAR10_FILES,
     load_embedded_cifar10_classifier,
@@ -178,8 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rule": "highest clean accuracy with attacked >= DiffPure t*=100's minus 0.5 points",
         "seconds": round(time.perf_counter() - start, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
     if not args.no_write_card:
         card_path = root / CIFAR10_FILES["card"]
         card = json.loads(card_path.read_text(encoding="utf-8"))
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
             "sweep": "benchmarks/sweep_cifar10.py; every candidate in "
             "benchmarks/results/sweep_cifar10.json",
         }
-        card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
     print(json.dumps({"chosen": chosen, "diffpure_t100": baseline}))
     return result
 

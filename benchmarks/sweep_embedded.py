@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -26,12 +25,17 @@ from art_ssni import (
     SSNISigmoid,
 )
 from art_ssni.data import fixed_subset, load_digits
-from art_ssni.evaluation import aggregate, pgd_eot, predict_draws
+from art_ssni.evaluation import aggregate, pgd_eot
+from art_ssni.evaluation.accuracy import predict_with_levels
+from art_ssni.io import atomic_write_text
 from art_ssni.models.zoo import load_embedded_classifier, load_embedded_eps_net, zoo_root
 
 
-def evaluate(model, x, y, args) -> dict[str, float]:
-    model.purifier.generator = torch.Generator().manual_seed(0)
+def evaluate(
+    model: DefendedClassifier, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace
+) -> dict[str, float]:
+    """Accuracies under PGD-EOT and the mean level of the judging passes."""
+    model.reseed(0)
     start = time.perf_counter()
     x_adv = pgd_eot(
         model,
@@ -43,15 +47,15 @@ def evaluate(model, x, y, args) -> dict[str, float]:
         eot=args.eot,
         generator=1,
     )
-    clean = aggregate(predict_draws(model, x, args.draws), y)
-    robust = aggregate(predict_draws(model, x_adv, args.draws), y)
-    levels = model.purifier.levels(x, 2).float()
+    preds_clean, levels_clean = predict_with_levels(model, x, args.draws)
+    preds_adv, levels_adv = predict_with_levels(model, x_adv, args.draws)
+    clean, robust = aggregate(preds_clean, y), aggregate(preds_adv, y)
     return {
         "clean_vote": clean["vote"],
         "robust_vote": robust["vote"],
         "robust_worst": robust["worst"],
-        "mean_level_clean": levels.mean().item(),
-        "mean_level_adv": model.purifier.levels(x_adv, 2).float().mean().item(),
+        "mean_level_clean": levels_clean.float().mean().item(),
+        "mean_level_adv": levels_adv.float().mean().item(),
         "seconds": time.perf_counter() - start,
     }
 
@@ -104,10 +108,7 @@ def main() -> None:
         run("ssni-l", best, SSNILinear(eps_norm, stats, best, bias), bias=bias)
     results["chosen_t_star"] = best
     results["settings"] = vars(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {atomic_write_text(args.out, json.dumps(results, indent=2))}")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from art_ssni.data import fixed_subset, load_cifar10
 from art_ssni.diffusion.networks.small_unet import SmallUNet
+from art_ssni.io import atomic_torch_save
 from art_ssni.models.compact_cnn import CompactCNN
 from art_ssni.models.zoo import CIFAR10_FILES, sha256_file
 
@@ -133,11 +134,8 @@ class Checkpoint:
         return int(state["step"]), float(state["elapsed"])
 
     def save(self, step: int, elapsed: float) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         state = {name: obj.state_dict() for name, obj in self.stateful.items()}
-        tmp = self.path.with_suffix(".tmp")
-        torch.save({**state, "step": step, "elapsed": elapsed}, tmp)
-        os.replace(tmp, self.path)
+        atomic_torch_save({**state, "step": step, "elapsed": elapsed}, self.path)
 
 
 def train_classifier(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Adapters to torchattacks and RobustBench (DESIGN sections 3 and 5).
+"""Adapters to torchattacks and RobustBench.
 
 ``torchattacks_adapter``: the engine's adaptive attacks as ``torchattacks.Attack`` classes and
 :class:`EOTAttack`, which judges success over several draws of a randomised defence.

@@ -25,7 +25,6 @@ import importlib
 import json
 import os
 import socket
-import tempfile
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from torch import nn
 from art_ssni._compat import import_torchvision
 from art_ssni.checkpoints import read_checkpoint
 from art_ssni.evaluation.autoattack import autoattack_rand, format_eps
+from art_ssni.io import atomic_write_text, refuse_html
 from art_ssni.models.classifiers import _as_state_dict, _freeze
 from art_ssni.models.defended import DefendedClassifier
 
@@ -118,15 +118,9 @@ def _check_file(path: Path, what: str) -> None:
     size = path.stat().st_size
     if size == 0:
         raise ValueError(f"{what} file {path} is empty (0 bytes): the download did not finish")
+    refuse_html(path, what)
     with open(path, "rb") as handle:
-        head = handle.read(512)
-        if head.lstrip().lower().startswith((b"<!doctype", b"<html")):
-            raise ValueError(
-                f"{what} file {path} is an HTML page, not weights: the download saved an error "
-                "or confirmation page (Google Drive does this when its quota is exceeded); "
-                "delete it and download the checkpoint again"
-            )
-        if head.startswith(b"PK\x03\x04"):
+        if handle.read(4) == b"PK\x03\x04":
             handle.seek(max(size - 65557, 0))
             if b"PK\x05\x06" not in handle.read():
                 raise ValueError(
@@ -329,22 +323,9 @@ def write_model_info(
         )
     if not model_name or "/" in model_name or "\\" in model_name:
         raise ValueError(f"model_name must be a plain file name, got {model_name!r}")
-    folder = Path(root) / "model_info" / dataset / threat_model
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{model_name}.json"
+    path = Path(root) / "model_info" / dataset / threat_model / f"{model_name}.json"
     ordered = {key: record[key] for key in MODEL_INFO_FIELDS}
-    fd, tmp = tempfile.mkstemp(prefix=f".{model_name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(ordered, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(ordered, indent=2) + "\n")
 
 
 def _model_info_record(
@@ -358,9 +339,11 @@ def _model_info_record(
     info: Mapping[str, Any],
     existing: Mapping[str, Any],
 ) -> dict[str, Any]:
-    purifier = getattr(model, "purifier", None)
-    classifier = getattr(model, "classifier", model)
-    parts = [type(p).__name__ for p in (purifier, classifier) if p is not None]
+    if isinstance(model, DefendedClassifier):
+        description = model.describe()
+        parts = [p for p in (description["method"], description["classifier"]) if p]
+    else:
+        parts = [type(model).__name__]
     record: dict[str, Any] = {
         "link": "",
         "name": model_name,

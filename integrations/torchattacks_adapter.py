@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +29,15 @@ from torchattacks.attack import Attack
 
 from art_ssni._rng import SeedLike
 from art_ssni.evaluation.accuracy import correct_draws, majority_vote, predict_draws
-from art_ssni.evaluation.attacks import NORMS, bpda_eot, pgd_eot, selector_aware_pgd
+from art_ssni.evaluation.attacks import (
+    NORMS,
+    bpda_eot,
+    gradient_mode,
+    pgd_eot,
+    selector_aware_pgd,
+)
+from art_ssni.io import atomic_torch_save
+from art_ssni.models.defended import DefendedClassifier
 
 JUDGES = ("vote", "worst")
 
@@ -56,15 +66,27 @@ class _TargetedObjective(nn.Module):
     It returns two logits (0, -CE(f(x), t)) to be scored against label 0, whose cross-entropy
     softplus(-CE(f(x), t)) grows exactly when CE(f(x), t) falls, with a gradient that is a
     positive per-sample multiple of -grad CE(f(x), t): sign steps (Linf) and normalised
-    steps (L2) are those of targeted PGD. The purifier stays reachable for gradient modes and
-    the selector-aware term.
+    steps (L2) are those of targeted PGD. It offers the defence interface the attacks use
+    (``gradient_mode``, ``policy``, ``scores``) by passing it on to the wrapped model, so
+    gradient modes and the selector-aware term reach the defence.
     """
 
     def __init__(self, model: nn.Module, targets: torch.Tensor) -> None:
         super().__init__()
         self.model = model
-        self.purifier = getattr(model, "purifier", None)
         self.targets = targets
+
+    def gradient_mode(self, mode: str) -> AbstractContextManager[None]:
+        return gradient_mode(self.model, mode)
+
+    @property
+    def policy(self) -> Any:
+        return self.model.policy if isinstance(self.model, DefendedClassifier) else None
+
+    def scores(self, x: torch.Tensor, generator: SeedLike = None) -> torch.Tensor | None:
+        if not isinstance(self.model, DefendedClassifier):
+            return None
+        return self.model.scores(x, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(self.model(x), self.targets, reduction="none")
@@ -259,7 +281,7 @@ class EOTAttack(Attack):
                 record["clean_inputs"] = torch.cat(clean)
             if save_predictions:
                 record["preds"] = torch.cat(predictions)
-            torch.save(record, save_path)
+            atomic_torch_save(record, save_path)
         if verbose:
             print(f"Robust accuracy over {self.n_draws} draws ({self.judge}): {rob_acc:.2f} %")
         return (rob_acc, l2, elapsed) if return_verbose else None

@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from art_ssni import DiffusionModel, VPSchedule
-from art_ssni.diffusion import sample, timestep_table
+from art_ssni.diffusion import (
+    StepHooks,
+    ddim_mean,
+    level_grid,
+    round_half_up,
+    sample,
+    step_counts,
+    timestep_table,
+)
 from art_ssni.diffusion.sampler import reverse_step
 
 from tiny import RowCounter, TinyEpsNet
@@ -101,6 +109,88 @@ def test_timestep_table_starts_at_each_level_and_strides_to_zero():
     assert table[4].tolist() == list(range(100, -1, -10))
 
 
+def test_round_half_up_integer_and_float():
+    n = torch.arange(-60, 61)
+    for d in (1, 2, 3, 7, 10):
+        expected = torch.tensor([math.floor(v / d + 0.5) for v in n.tolist()])
+        assert torch.equal(round_half_up(n, d), expected)
+        assert torch.equal(round_half_up(n, torch.full_like(n, d)), expected)
+    assert round_half_up(torch.tensor([2.5, -2.5, 0.49999, 1.5, 7.0])).tolist() == [3, -2, 0, 2, 7]
+    big = torch.tensor([2**61 + 1])  # exact in integers: no float division
+    assert round_half_up(big, 2).item() == 2**60 + 1
+    assert round_half_up(torch.tensor([5]), 2).dtype == torch.int64
+
+
+def test_level_grid_ends_at_each_low_level():
+    high, low = torch.tensor([20, 9, 5, 0, 12]), torch.tensor([10, 5, 5, 0, 0])
+    assert step_counts(high, low, steps=4).tolist() == [4, 4, 0, 0, 4]
+    assert step_counts(high, low, stride=3).tolist() == [4, 2, 0, 0, 4]
+    table = level_grid(high, low, steps=4)
+    assert table[0].tolist() == [20, 18, 15, 13, 10]  # 10 + round(10 (4 - j) / 4), half up
+    assert table[1].tolist() == [9, 8, 7, 6, 5] and table[2].tolist() == [5] * 5
+    exact = level_grid(high, low, stride=3, exact=True)
+    assert exact[0].tolist() == [20, 17.5, 15, 12.5, 10] and exact.dtype == torch.float64
+    assert torch.equal(level_grid(high, torch.zeros_like(high), steps=4), timestep_table(high, 4))
+    with pytest.raises(ValueError, match="exactly one of steps and stride"):
+        level_grid(high, low)
+    with pytest.raises(ValueError, match="low <= high"):
+        level_grid(low, high, steps=2)
+
+
+def test_step_hooks_draws_and_plain_step():
+    assert StepHooks().hook_draws == 0
+    known = lambda model, x, t, noise, per_sample: x  # noqa: E731
+    guide = lambda model, x, t, var, noise, per_sample: 0 * x  # noqa: E731
+    assert StepHooks(known=known, resample=3, guide=guide).hook_draws == 3
+    with pytest.raises(ValueError, match="eta"):
+        StepHooks(eta=1.5)
+    with pytest.raises(ValueError, match="resample"):
+        StepHooks(resample=-1)
+
+
+def test_step_hooks_apply_in_order_with_aligned_per_sample_tensors(diffusion):
+    """known, then the resampling jump, then the network at t + U, x0 correction and guide,
+    each hook reading per-sample tensors aligned with x_t, checked against the closed form."""
+    g = torch.Generator().manual_seed(2)
+    x_t, z_known, z_up, z_guide = (torch.randn(2, 3, 8, 8, generator=g) for _ in range(4))
+    image, shift = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    t, s = torch.tensor([10, 20]), torch.tensor([8, 15])
+    seen = {}
+
+    def known(model, x, level, noise, per_sample):
+        seen["known"] = level.tolist()
+        return 0.5 * x + 0.5 * model.q_sample(per_sample["image"], level, noise)
+
+    def denoised(model, x0, level, per_sample):
+        seen["denoised"] = level.tolist()
+        return x0 + per_sample["shift"]
+
+    def guide(model, x, level, var, noise, per_sample):
+        return var * noise
+
+    hooks = StepHooks(eta=0.5, known=known, resample=2, denoised=denoised, guide=guide)
+    with torch.no_grad():
+        mean, c1 = ddim_mean(
+            diffusion, x_t, t, s, hooks, (z_known, z_up, z_guide),
+            {"image": image, "shift": shift},
+        )  # fmt: skip
+        ab = lambda v: diffusion.schedule.abar(v).view(-1, 1, 1, 1)  # noqa: E731
+        cur = 0.5 * x_t + 0.5 * (ab(t).sqrt() * image + (1 - ab(t)).sqrt() * z_known)
+        up = t + 2
+        ratio = ab(up) / ab(t)
+        cur = ratio.sqrt() * cur + (1 - ratio).sqrt() * z_up
+        eps = diffusion.eps(cur, up)
+        x0 = (cur - (1 - ab(up)).sqrt() * eps) / ab(up).sqrt() + shift
+        eps = (cur - ab(up).sqrt() * x0) / (1 - ab(up)).sqrt()
+        var = 0.25 * (1 - ab(up) / ab(s)) * (1 - ab(s)) / (1 - ab(up))
+        expected = ab(s).sqrt() * x0 + (1 - ab(s) - var).sqrt() * eps + var * z_guide
+    assert seen == {"known": [10, 20], "denoised": [12, 22]}
+    torch.testing.assert_close(mean, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c1**2, var)
+    with pytest.raises(ValueError, match="3 standard normal draws, got 1"):
+        ddim_mean(diffusion, x_t, t, s, hooks, (z_known,), {})
+
+
 def _reference_loop(model, x_t, levels, steps, noises, eta):
     """One sample at a time, with plain Python stepping and the shared noise draws."""
     out = []
@@ -126,7 +216,12 @@ def test_batched_sampler_equals_per_sample_loop(diffusion, eta):
     noises = [torch.randn(5, 3, 8, 8, generator=g) for _ in range(steps)]
     with torch.no_grad():
         batched = sample(
-            diffusion, x_t, levels, steps, eta=eta, generator=torch.Generator().manual_seed(9)
+            diffusion,
+            x_t,
+            levels,
+            steps,
+            sampler="ddpm" if eta else "ddim",
+            generator=torch.Generator().manual_seed(9),
         )
         reference = _reference_loop(diffusion, x_t, levels, steps, noises, eta)
     assert torch.allclose(batched, reference, atol=1e-5)
@@ -144,8 +239,8 @@ def test_rows_through_network_equal_sum_of_steps(counted):
     # the labels each sample received are strictly decreasing: no index is visited twice
     seen = [[] for _ in range(6)]
     running = [[i for i, t in enumerate(levels.tolist()) if min(steps, t) > j] for j in range(10)]
-    for rows, labels in zip(running, counted.eps_net.labels):
-        for i, label in zip(rows, labels.tolist()):
+    for samples, labels in zip(running, counted.eps_net.labels):
+        for i, label in zip(samples, labels.tolist()):
             seen[i].append(label)
     assert all(a > b for row in seen for a, b in zip(row, row[1:]))
     assert [len(row) for row in seen] == [0, 3, 10, 10, 10, 7]

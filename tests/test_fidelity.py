@@ -125,17 +125,17 @@ def test_gdmp_guidance_step_follows_the_published_formula(images):
     scale = 300.0
     purifier = GDMP(model, t_star=30, runs=1, steps=5, guidance="mse", guidance_scale=scale)
     x = 2 * images - 1
-    guide = purifier.guide(x)
+    guide = purifier.step_hooks.guide
+    per_sample = purifier.stage_state(x, None)  # {"target": x}
     g = torch.Generator().manual_seed(4)
     x_t = torch.randn(x.shape, generator=g)
     guide_noise = torch.randn(x.shape, generator=g)
     t, s = torch.full((6,), 30), torch.full((6,), 24)
-    rows = torch.arange(6)
     with torch.no_grad():
         plain = reverse_step(model, x_t, t, s, torch.zeros_like(x), clip_denoised=True)
         guided = reverse_step(
             model, x_t, t, s, torch.zeros_like(x), clip_denoised=True, guide=guide,
-            guide_noise=guide_noise, rows=rows,
+            hook_noise=(guide_noise,), per_sample=per_sample,
         )  # fmt: skip
     a = model.schedule.abar(t).view(-1, 1, 1, 1)
     _, var = _posterior(model.schedule, x_t, x_t, t, s)
@@ -144,7 +144,7 @@ def test_gdmp_guidance_step_follows_the_published_formula(images):
     expected = -scale * ((1 - a) / a).sqrt() * var * grad_mse
     torch.testing.assert_close(guided - plain, expected, atol=1e-6, rtol=1e-5)
     # a sample's guidance does not depend on its batch-mates
-    alone = guide(x_t[:1], t[:1], var[:1], rows[:1], guide_noise[:1])
+    alone = guide(model, x_t[:1], t[:1], var[:1], guide_noise[:1], {"target": x[:1]})
     torch.testing.assert_close(alone, expected[:1], atol=1e-6, rtol=1e-5)
 
 

@@ -62,24 +62,50 @@ def test_forward_jump_composes_single_ddpm_transitions():
     torch.testing.assert_close(var, expected.float(), atol=1e-7, rtol=1e-5)
 
 
-def test_run_chain_hands_extra_draws_and_skips_finished_rows():
+def test_run_chain_hands_hook_draws_and_aligned_per_sample_slices():
     seen = []
 
-    def step(x, t, s, aux, rows):
-        seen.append((rows.tolist(), aux))
-        return x + 1, torch.zeros(())
+    def step(x, t, s, hook_noise, per_sample):
+        seen.append((t.tolist(), len(hook_noise), per_sample["tag"].flatten().tolist()))
+        assert all(n.shape == x.shape for n in hook_noise)
+        return x + per_sample["tag"], torch.zeros(())
 
-    table = stride_table(torch.tensor([4, 2]), torch.tensor([0, 0]), 1)
-    out = run_chain(step, torch.zeros(2, 1, 2, 2), table, draws=2)
-    assert [rows for rows, _ in seen] == [[0, 1], [0, 1], [0], [0]]
-    assert all(isinstance(aux, tuple) and len(aux) == 2 for _, aux in seen)
-    assert out[:, 0, 0, 0].tolist() == [4.0, 2.0]
-    with pytest.raises(ValueError, match="draws"):
-        run_chain(step, torch.zeros(2, 1, 2, 2), table, draws=-1)
+    table = stride_table(torch.tensor([4, 2, 3]), torch.tensor([0, 0, 0]), 1)
+    tag = torch.tensor([10.0, 20.0, 30.0]).view(3, 1, 1, 1)
+    out = run_chain(step, torch.zeros(3, 1, 2, 2), table, per_sample={"tag": tag}, hook_draws=2)
+    assert seen == [
+        ([4, 2, 3], 2, [10.0, 20.0, 30.0]),
+        ([3, 1, 2], 2, [10.0, 20.0, 30.0]),
+        ([2, 1], 2, [10.0, 30.0]),  # the running samples' own slices
+        ([1], 2, [10.0]),
+    ]
+    assert out[:, 0, 0, 0].tolist() == [40.0, 40.0, 90.0]
+    with pytest.raises(ValueError, match="hook_draws"):
+        run_chain(step, torch.zeros(3, 1, 2, 2), table, hook_draws=-1)
+    with pytest.raises(ValueError, match="per-sample tensor 'tag'"):
+        run_chain(step, torch.zeros(3, 1, 2, 2), table, per_sample={"tag": tag[:2]})
 
 
-def _reference_dac(model, x, mask, seed, *, t_large, t_small, stride, resample):
-    """Independent hand loop of DAC at one level for the whole batch, same draw order."""
+def test_run_chain_draws_the_same_numbers_whichever_samples_run():
+    """A sample's draws do not depend on which of its batch-mates still run."""
+
+    def step(x, t, s, hook_noise, per_sample):
+        return x + hook_noise[0], torch.ones(())
+
+    x = torch.zeros(2, 1, 2, 2)
+    both = stride_table(torch.tensor([3, 3]), torch.tensor([0, 0]), 1)
+    mixed = stride_table(torch.tensor([3, 1]), torch.tensor([0, 0]), 1)
+    a = run_chain(step, x, both, generator=torch.Generator().manual_seed(0), hook_draws=1)
+    b = run_chain(step, x, mixed, generator=torch.Generator().manual_seed(0), hook_draws=1)
+    torch.testing.assert_close(a[0], b[0], rtol=0, atol=0)
+    g = torch.Generator().manual_seed(0)
+    z = [torch.randn(2, 1, 2, 2, generator=g) for _ in range(2)]  # step 1: z, then hook draw
+    torch.testing.assert_close(b[1], z[0][1] + z[1][1], rtol=0, atol=0)
+
+
+def _reference_dac(model, x, mask, seed, *, t_large, t_small, stride, resample, eta=1.0):
+    """Independent hand loop of DAC at one level for the whole batch, same draw order;
+    ``eta`` is the second stage's (1: DDPM, the published DAC; 0: DDIM)."""
     g = torch.Generator().manual_seed(seed)
     ab = lambda t: model.schedule.abar(torch.tensor(t))  # noqa: E731
     n = x.shape[0]
@@ -88,11 +114,11 @@ def _reference_dac(model, x, mask, seed, *, t_large, t_small, stride, resample):
     grid1 = list(range(t_large, t_small - 1, -stride))
     for t, s in zip(grid1[:-1], grid1[1:]):
         torch.randn(x.shape, generator=g)  # the driver's step noise (scale 0 here)
-        fresh, detour = torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g)
+        fresh, resampling = torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g)
         cur = mask * cur + (1 - mask) * (ab(t).sqrt() * x + (1 - ab(t)).sqrt() * fresh)
         up = t + resample
         ratio = ab(up) / ab(t)
-        cur = ratio.sqrt() * cur + (1 - ratio).sqrt() * detour
+        cur = ratio.sqrt() * cur + (1 - ratio).sqrt() * resampling
         eps = model.eps_net(cur, torch.full((n,), up - 1))
         x0 = (cur - (1 - ab(up)).sqrt() * eps) / ab(up).sqrt()
         cur = ab(s).sqrt() * x0 + (1 - ab(s)).sqrt() * eps
@@ -101,19 +127,54 @@ def _reference_dac(model, x, mask, seed, *, t_large, t_small, stride, resample):
         z = torch.randn(x.shape, generator=g)
         eps = model.eps_net(cur, torch.full((n,), t - 1))
         x0 = (cur - (1 - ab(t)).sqrt() * eps) / ab(t).sqrt()
-        var = (1 - ab(s)) / (1 - ab(t)) * (1 - ab(t) / ab(s))
+        var = eta**2 * (1 - ab(s)) / (1 - ab(t)) * (1 - ab(t) / ab(s))
         mean = ab(s).sqrt() * x0 + (1 - ab(s) - var).sqrt() * eps
         cur = mean + var.sqrt() * z
     return ((cur + 1) / 2).clamp(0, 1)
 
 
-def test_dac_equals_a_hand_loop_of_its_published_steps(diffusion, images):
+@pytest.mark.parametrize("sampler, eta", [("ddpm", 1.0), ("ddim", 0.0)])
+def test_dac_equals_a_hand_loop_of_its_published_steps(diffusion, images, sampler, eta):
+    """The default sampler is the published DAC; "ddim" changes only the second stage."""
     kw = {"t_large": 20, "t_small": 10, "stride": 2, "resample": 3}
-    purifier = DAC(diffusion, mask=half_mask, **kw)
+    purifier = DAC(diffusion, mask=half_mask, sampler=sampler, **kw)
     with torch.no_grad():
         got = purifier(images, generator=5)
-        expected = _reference_dac(diffusion, images, half_mask(images), 5, **kw)
+        expected = _reference_dac(diffusion, images, half_mask(images), 5, eta=eta, **kw)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dac_is_two_engine_stages(diffusion):
+    from art_ssni.purification.heterogeneous import keep_attended
+
+    dac = DAC(diffusion, mask=half_mask, t_large=40, t_small=20, stride=4, surrogate_stride=20)
+    first, second = dac.stages
+    assert (first.level, first.stride, first.end, first.renoise) == (40, 4, 20, True)
+    assert (first.hooks.eta, first.hooks.known, first.hooks.resample) == (0.0, keep_attended, 3)
+    assert (second.level, second.stride, second.end, second.renoise) == (20, 4, 0, False)
+    assert second.hooks is None and dac.step_hooks.eta == 1.0  # the purifier's DDPM steps
+    assert [s.stride for s in dac.surrogate_stages] == [20, 20]
+    assert "purify" not in vars(DAC) and "purify" not in vars(MANIPure)  # the engine's edges
+    levels = torch.tensor([40, 0, 7, 30])
+    assert [e.tolist() for e in dac.stage_ends(levels)] == [[20, 0, 4, 15], [0, 0, 0, 0]]
+    assert [s.tolist() for s in dac.stage_levels(levels)] == [[40, 0, 7, 30], [20, 0, 4, 15]]
+
+
+def test_dac_level_zero_and_sde_second_stage(counted, images):
+    class Mixed:
+        t_star = 20
+
+        def __call__(self, x, generator=None):
+            return torch.tensor([0, 20, 0, 9, 1, 20])
+
+    purifier = DAC(counted, mask=half_mask, noise=Mixed(), t_large=20, t_small=10, sampler="sde")
+    with torch.no_grad():
+        out, levels = purifier.forward_with_levels(images, generator=0)
+    assert levels.tolist() == [0, 20, 0, 9, 1, 20]
+    torch.testing.assert_close(out[[0, 2]], images[[0, 2]], rtol=0, atol=1e-6)
+    assert not torch.allclose(out[1], images[1], atol=1e-3)
+    # stage 1: ceil((t - round(t / 2)) / 2) steps, stage 2: ceil(round(t / 2) / 2) steps
+    assert counted.eps_net.rows == purifier.rows(levels) == 0 + 10 + 0 + 5 + 1 + 10
 
 
 # --- DAC ---------------------------------------------------------------------------------
@@ -142,12 +203,14 @@ def test_dac_rows_per_image_on_the_defaults():
     counted = DiffusionModel(RowCounter(TinyEpsNet()), image_shape=(3, 8, 8))
     purifier = DAC(counted, mask=half_mask)
     x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    levels = torch.full((2,), 200)
     with torch.no_grad():
         purifier(x, generator=0)
-        assert counted.eps_net.rows == 2 * 100 and counted.eps_net.calls == 100
+        assert counted.eps_net.rows == 2 * 100 == purifier.rows(levels)
+        assert counted.eps_net.calls == 100
         counted.eps_net.rows = 0
         purifier.purify(x, purifier.levels(x), purifier.surrogate_stages, None)
-    assert counted.eps_net.rows == 2 * 2  # surrogate stride 100: one step per stage
+    assert counted.eps_net.rows == 2 * 2 == purifier.rows(levels, purifier.surrogate_stages)
 
 
 def test_dac_ssni_levels_set_t_large_and_scale_t_small(counted, stats, images):
@@ -170,7 +233,7 @@ def test_dac_ssni_levels_set_t_large_and_scale_t_small(counted, stats, images):
     expected = sum(
         math.ceil((t - s) / 3) + math.ceil(s / 3) for t, s in zip(levels_perturbed.tolist(), low)
     )
-    assert counted.eps_net.rows == expected
+    assert counted.eps_net.rows == expected == purifier.rows(levels_perturbed)
 
 
 @pytest.mark.parametrize("method", ["dac", "mani"])
@@ -225,19 +288,42 @@ def test_output_keeps_the_callers_dtype(diffusion, images, method):
 
 def test_dac_bad_inputs(diffusion, images):
     for kwargs, message in [
-        ({"mask": None}, "mask must be a callable"),
+        ({"mask": None}, "needs mask= .* or the classifier"),
+        ({"mask": 3}, "mask must be a callable"),
         ({"t_small": 200}, "t_small < t_large"),
         ({"stride": 0}, "stride"),
         ({"resample": -1}, "resample"),
         ({"votes": 0}, "votes"),
         ({"gradient": "exact"}, "gradient"),
+        ({"classifier": Probe()}, "either mask= or classifier=.*got mask= and classifier"),
+        ({"threshold": 0.5}, "either mask= or classifier=.*got mask= and threshold"),
+        ({"sampler": "heun"}, "sampler"),
     ]:
         with pytest.raises(ValueError, match=message):
             DAC(diffusion, **{"mask": half_mask, **kwargs})
+    with pytest.raises(ValueError, match="mask_layers"):
+        DAC(diffusion, classifier=Probe())
     with pytest.raises(ValueError, match="shape"):
         DAC(diffusion, mask=lambda x: torch.ones(x.shape[0], 3, 8, 8), t_large=4, t_small=2)(images)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         DAC(diffusion, mask=lambda x: 2 * half_mask(x), t_large=4, t_small=2)(images)
+
+
+def test_dac_builds_its_attention_mask_from_plain_settings(diffusion, images):
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)
+    net = Probe()
+    built = DAC(
+        diffusion, classifier=net, mask_layers=("first", "second"), threshold=0.6,
+        mask_mean=mean, mask_std=std, t_large=10, t_small=4,
+    )  # fmt: skip
+    given = AttentionMask(net, ["first", "second"], threshold=0.6, mean=mean, std=std)
+    assert isinstance(built.mask, AttentionMask) and built.mask.layers == ("first", "second")
+    assert torch.equal(built.mask(images), given(images))
+    explicit = DAC(diffusion, mask=given, t_large=10, t_small=4)
+    with torch.no_grad():
+        assert torch.equal(built(images, generator=2), explicit(images, generator=2))
+    top = DAC(diffusion, classifier=net, mask_layers=("first",), top_fraction=0.25)
+    assert top.mask.top_fraction == 0.25 and top.mask.threshold == 0.9
 
 
 # --- AttentionMask -----------------------------------------------------------------------
@@ -466,6 +552,8 @@ def test_mani_pure_noising_and_rows(images):
     with torch.no_grad():
         purifier(images, generator=0)
     assert counted.eps_net.rows == images.shape[0] * (10 + 1)  # the chain and the reference
+    assert purifier.rows(torch.full((6,), 20)) == counted.eps_net.rows
+    assert purifier.rows(levels) == 10 + 10 + 5 + 0 + 10 + 1 + 6  # a reference row for each
 
 
 def test_mani_pure_ssni_gives_perturbed_inputs_higher_levels(counted, stats):
@@ -483,6 +571,40 @@ def test_mani_pure_ssni_gives_perturbed_inputs_higher_levels(counted, stats):
     with torch.no_grad():
         purifier.purify(perturbed, levels_perturbed, purifier.stages, g)
     assert counted.eps_net.rows == sum(min(6, t) + 1 for t in levels_perturbed.tolist())
+    assert purifier.rows(levels_perturbed) == counted.eps_net.rows
+
+
+def test_mani_pure_builds_its_spectral_noise_from_plain_settings(diffusion, images):
+    built = MANIPure(diffusion, t_star=10, steps=5, bands=3, gamma=1.2, spectral_mode="spatial")
+    assert (built.spectral.bands, built.spectral.gamma, built.spectral.mode) == (3, 1.2, "spatial")
+    given = MANIPure(
+        diffusion, t_star=10, steps=5, spectral=SpectralNoise(bands=3, gamma=1.2, mode="spatial")
+    )
+    with torch.no_grad():
+        assert torch.equal(built(images, generator=4), given(images, generator=4))
+    default = MANIPure(diffusion).spectral
+    assert (default.bands, default.gamma, default.mode) == (8, 1.8, "shaped")
+    with pytest.raises(ValueError, match="either spectral= or bands"):
+        MANIPure(diffusion, spectral=SpectralNoise(), bands=4)
+
+
+@pytest.mark.parametrize("sampler, eta", [("ddpm", 1.0), ("ddim", 0.0)])
+def test_mani_pure_sampler_sets_the_chains_eta(diffusion, images, sampler, eta):
+    """sampler="ddim" is the same chain with eta = 0: equal to eta=0.0 given explicitly."""
+    purifier = MANIPure(diffusion, t_star=10, steps=5, radius=2, sampler=sampler)
+    assert purifier.step_hooks.eta == eta and purifier.sampler == sampler
+    explicit = MANIPure(diffusion, t_star=10, steps=5, radius=2, eta=eta)
+    with torch.no_grad():
+        assert torch.equal(purifier(images, generator=3), explicit(images, generator=3))
+
+
+def test_the_sde_sampler_refuses_hooks_naming_the_method():
+    model = DiffusionModel(TinyEpsNet(), image_shape=(3, 8, 8))
+    with pytest.raises(ValueError, match=r"MANIPure cannot use the 'sde' sampler: its x0_hat"):
+        MANIPure(model, sampler="sde")
+    with pytest.raises(ValueError, match=r"sampler: clip_denoised clamps .*; its x0_hat"):
+        MANIPure(model, sampler="sde", clip_denoised=True)
+    assert DAC(model, mask=half_mask, sampler="sde").step_hooks is None  # a plain second stage
 
 
 def test_mani_pure_bad_inputs(diffusion):
@@ -495,6 +617,8 @@ def test_mani_pure_bad_inputs(diffusion):
         ({"reference_level": 0}, "reference_level"),
         ({"reference_level": 5000}, "reference_level"),
         ({"spectral": 3}, "spectral"),
+        ({"spectral_mode": "pixel"}, "mode"),
+        ({"bands": 0}, "bands"),
         ({"t_star": 0}, "t_star"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -585,19 +709,16 @@ def test_command_line_runs_both_methods_on_the_embedded_default(tmp_path, method
 
 
 def test_embedded_and_preset_purifiers_carry_the_published_settings():
-    import argparse
-
-    from art_ssni.cli import _settings, build_rows
     from art_ssni.models.classifiers import NormalizedClassifier
+    from art_ssni.pipeline import build_rows
     from art_ssni.presets import build_purifier, get_preset
-    from art_ssni.sources import embedded_setup
 
-    args = argparse.Namespace(
-        method="dac", noise=["fixed"], attack=["pgd-eot"], no_baseline=True, device="cpu",
-        quick=False, steps=None, stats=None, judge_draws=0,
-    )  # fmt: skip
-    setup = embedded_setup(args)
-    (row,) = build_rows(args, setup, _settings(args, setup))
+    from tiny import plan
+
+    base = ["evaluate", "--method", "dac", "--noise", "fixed", "--attack", "pgd-eot"]
+    base += ["--no-baseline", "--judge-draws", "0"]
+    config, setup = plan(base)
+    (row,) = build_rows(config, setup)
     dac = row.model.purifier
     assert (dac.t_large, dac.t_small, dac.stride, dac.surrogate_stride) == (60, 30, 6, 30)
     assert dac.mask.layers == ATTENTION_LAYERS["digits"] and dac.mask.threshold == 0.5
@@ -607,13 +728,11 @@ def test_embedded_and_preset_purifiers_carry_the_published_settings():
     with torch.no_grad():
         dac(x, generator=0)
     assert counted.rows == 3 * 10  # DiffPure's 10 steps
-    args.method, args.steps = "dac", 20
-    assert build_rows(args, setup, _settings(args, setup))[0].model.purifier.stride == 3
-    args.noise = ["ssni-l"]
-    ssni = build_rows(args, setup, _settings(args, setup))[0].model.purifier
+    assert build_rows(*plan([*base, "--steps", "20"]))[0].model.purifier.stride == 3
+    ssni = build_rows(*plan([*base, "--noise", "ssni-l"]))[0].model.purifier
     assert ssni.noise.t_star == ssni.t_large == 60  # SSNI's level sets t_large
-    args.method, args.noise = "mani-pure", ["fixed"]
-    mani = build_rows(args, setup, _settings(args, setup))[0].model.purifier
+    mani_args = [*base[:2], "mani-pure", *base[3:], "--steps", "20"]
+    mani = build_rows(*plan(mani_args))[0].model.purifier
     assert (mani.t_star, mani.stages, mani.spectral.bands, mani.radius) == (60, ((60, 20),), 4, 2.0)
 
     cifar = DiffusionModel(TinyEpsNet(), image_shape=(3, 32, 32))
@@ -636,7 +755,9 @@ def test_embedded_and_preset_purifiers_carry_the_published_settings():
     assert (dac.t_large, dac.t_small, dac.mask.top_fraction) == (400, 200, 0.15)
     mani = build_purifier("cifar10-linf", "mani-pure", cifar)
     assert (mani.t_star, mani.spectral.bands, mani.spectral.gamma, mani.delta) == (100, 8, 1.8, 0.3)
-    assert get_preset("cifar10-linf").method("dac").t_star == 200
+    from art_ssni.purification.registry import METHODS
+
+    assert METHODS["dac"].level(get_preset("cifar10-linf").method("dac")) == 200
     with pytest.raises(ValueError, match="classifier"):
         build_purifier("cifar10-linf", "dac", cifar)
 
@@ -659,7 +780,7 @@ def test_paper_commands_for_the_heterogeneous_methods_parse():
         words = shlex.split(command)
         assert words[0] == "art-ssni"
         args = parser.parse_args(words[1:])
-        seen.add((args.preset, args.method, tuple(args.noise)))
+        seen.add((args.preset, args.method, tuple(args.noises)))
     assert {(p, m) for p, m, _ in seen} == {
         (p, m) for p in ("cifar10-linf", "imagenet-linf") for m in ("dac", "mani-pure")
     }
@@ -667,7 +788,7 @@ def test_paper_commands_for_the_heterogeneous_methods_parse():
 
 @pytest.mark.parametrize("method", ["dac", "mani"])
 def test_full_gradient_memory_stays_flat_in_the_steps(diffusion, images, method):
-    """The known-region replacement, the detour and the x0 correction run inside the
+    """The known-region replacement, the resampling and the x0 correction run inside the
     checkpointed step, so each extra step keeps at most one state and its index vectors
     (the same bound as DiffPure's, tests/test_fidelity.py)."""
     from test_fidelity import _saved_bytes

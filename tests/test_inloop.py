@@ -1,4 +1,4 @@
-"""In-loop judging, restarts, batched EOT and APGD-EOT (issue 12)."""
+"""In-loop judging, restarts, batched EOT and APGD-EOT."""
 
 import pytest
 import torch
@@ -304,5 +304,5 @@ def test_readme_commands_of_the_command_line_parse():
     assert lines
     for line in lines:
         args = build_parser().parse_args(shlex.split(line.split("#")[0])[1:])
-        assert args.attack == ["pgd-eot", "apgd-eot"] and args.judge_draws == 8
-        assert args.criterion == ["worst", "vote"] and args.restarts == 2
+        assert list(args.attacks) == ["pgd-eot", "apgd-eot"] and args.judge_draws == 8
+        assert list(args.criteria) == ["worst", "vote"] and args.restarts == 2

@@ -87,7 +87,7 @@ def test_torchattacks_attacks_lower_accuracy_of_a_weak_defence(setup, name):
     assert x_adv.shape == x.shape and x_adv.min() >= 0 and x_adv.max() <= 1
     assert (x_adv - x).abs().max() <= EPS + 1e-6
     assert _vote(weak, x_adv, y) <= 0.25
-    assert not weak.training and not weak.purifier.training
+    assert not weak.training and not any(module.training for module in weak.children())
 
 
 @pytest.mark.parametrize("mode", ["full", "bpda"])
@@ -99,9 +99,9 @@ def test_torchattacks_gradients_flow_through_the_gradient_mode(diffusion, images
     attack.set_model_training_mode(model_training=True)
 
     def gradient(m):
-        model.purifier.generator = torch.Generator().manual_seed(5)
+        model.reseed(5)
         xg = images.clone().requires_grad_(True)
-        with gradient_mode(model, m):
+        with model.gradient_mode(m):
             loss = F.cross_entropy(attack.get_logits(xg), y)
         return torch.autograd.grad(loss, xg)[0]
 
@@ -109,10 +109,11 @@ def test_torchattacks_gradients_flow_through_the_gradient_mode(diffusion, images
     assert grad.abs().sum() > 0
     other = gradient("bpda" if mode == "full" else "full")
     assert not torch.allclose(grad, other)  # the configured mode, not some other path, is used
-    with gradient_mode(model, mode):
+    with gradient_mode(model, mode):  # the attacks' wrapper around the same switch
         x_adv = attack(images, y)
     assert (x_adv - images).abs().max() > 0
-    assert not model.classifier.training and not model.purifier.training
+    assert model.gradient == "full"
+    assert not any(module.training for module in model.children())
 
 
 def test_engine_attacks_delegate_and_compose_with_multiattack(diffusion, stats, monkeypatch):
@@ -142,6 +143,44 @@ def test_engine_attacks_delegate_and_compose_with_multiattack(diffusion, stats, 
         PGDEOT(model, norm="L1")
     with pytest.raises(ValueError, match="eps and alpha"):
         BPDAEOT(model, alpha=0)
+
+
+class ModeSpy(nn.Module):
+    """A deterministic purifier that records the gradient mode of every differentiated pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gradient = "full"
+        self.modes: list[str] = []
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.modes.append(self.gradient)
+        return (x * self.scale).clamp(0, 1)
+
+
+def test_targeted_attacks_reach_the_defence_through_their_objective(diffusion, stats, images):
+    spy = ModeSpy()
+    model = DefendedClassifier(spy, TinyClassifier())
+    targets = torch.full((6,), 3)
+    attack = BPDAEOT(model, eps=EPS, alpha=0.04, steps=2, eot_iter=1, random_start=False)
+    attack.set_mode_targeted_by_label(quiet=True)
+    x_adv = attack(images, targets)
+    assert spy.modes == ["bpda", "bpda"] and model.gradient == "full"
+    assert 0 < (x_adv - images).abs().max() <= EPS + 1e-6
+
+    eps_norm = EPSNorm(diffusion, num_levels=5)
+    policy = SSNISigmoid(eps_norm, stats, t_star=4, tau=max(stats.std, 1e-3))
+    ssni = DefendedClassifier(
+        DiffPure(diffusion, noise=policy, t_star=4, steps=1), TinyClassifier()
+    )
+    objective = taa._TargetedObjective(ssni, targets)
+    assert objective.policy is policy
+    assert torch.equal(objective.scores(images, 0), ssni.scores(images, 0))
+    aware = SelectorAwarePGD(ssni, eps=EPS, alpha=0.04, steps=1, eot_iter=1, weight=2.0, seed=0)
+    aware.set_mode_targeted_by_label(quiet=True)
+    assert (aware(images, targets) - images).abs().max() <= EPS + 1e-6
 
 
 class ScriptedModel(nn.Module):

@@ -18,16 +18,10 @@ from art_ssni import (
     SSNILinear,
     SSNISigmoid,
 )
-from art_ssni.presets import (
-    METHODS,
-    NOISE_KINDS,
-    build_noise,
-    build_purifier,
-    get_preset,
-    list_presets,
-    preset_summary,
-)
+from art_ssni.noise.registry import NOISES
+from art_ssni.presets import build_noise, build_purifier, get_preset, list_presets
 from art_ssni.purification import GNS_CIFAR10_STAGES, GNS_IMAGENET_STAGES
+from art_ssni.purification.registry import METHODS
 
 from tiny import TinyEpsNet
 
@@ -46,6 +40,8 @@ def cifar_stats(cifar_diffusion) -> ReferenceStats:
 
 def test_list_and_unknown_preset():
     assert list_presets() == (
+        "digits",
+        "cifar10-embedded",
         "cifar10-bpda",
         "cifar10-l2",
         "cifar10-linf",
@@ -64,56 +60,72 @@ def test_cifar10_linf_numbers():
         32,
         32,
     )
-    assert p.attack.kind == "pgd-eot" and p.norm == "Linf" and p.epsilon == 8 / 255
+    assert p.attack.attacks == ("pgd-eot", "selector-aware")
+    assert p.attack.norm == "Linf" and p.attack.eps == 8 / 255
     assert (p.attack.iterations, p.attack.eot, p.attack.step) == (200, 20, 0.007)
-    assert p.attack.gradient == "surrogate"
-    assert (p.num_images, p.runs) == (512, 3)
+    assert p.run.defence.gradient == "surrogate"
+    assert (p.run.n_images, p.run.runs) == (512, 3)
     assert p.diffusion_checkpoint == "score_sde" and "wrn-28-10" in p.classifier
     assert (p.ssni.num_levels, p.ssni.tau, p.ssni.reference_images) == (20, 20.0, 5000)
     diffpure = p.method("diffpure")
-    assert diffpure.t_star == 100
-    assert diffpure.kwargs() == {"t_star": 100, "steps": 100, "surrogate_steps": 20}
-    gdmp = p.method("gdmp").kwargs()
-    assert (gdmp["runs"], gdmp["steps"], gdmp["t_star"], gdmp["guidance"]) == (4, 36, 36, "none")
+    assert (diffpure.t_star, diffpure.steps, diffpure.surrogate_steps) == (100, 100, 20)
+    gdmp = p.method("gdmp")
+    assert (gdmp.runs, gdmp.steps, gdmp.t_star, gdmp.guidance) == (4, 36, 36, "none")
     gns = p.method("gns")
-    assert gns.kwargs()["stages"] == GNS_CIFAR10_STAGES and gns.t_star == 125
-    assert gns.kwargs()["surrogate_stages"] == ((30, 1), (50, 1), (125, 5))
-    assert gns.kwargs()["votes"] == 10
+    assert gns.stages == GNS_CIFAR10_STAGES and gns.t_star == 125
+    assert gns.surrogate_stages == ((30, 1), (50, 1), (125, 5)) and gns.votes == 10
+    dac = p.method("dac")
+    assert (dac.t_large, dac.t_small, dac.stride, dac.resample, dac.votes) == (200, 100, 2, 3, 20)
+    assert dac.threshold == 0.9 and dac.mask_layers[-1] == "relu"
 
 
 def test_cifar10_l2_and_bpda_numbers():
     l2 = get_preset("cifar10-l2")
-    assert l2.norm == "L2" and l2.epsilon == 0.5 and l2.method("diffpure").t_star == 75
+    assert l2.attack.norm == "L2" and l2.attack.eps == 0.5 and l2.method("diffpure").t_star == 75
     assert l2.attack.iterations == 200 and l2.attack.eot == 20
     assert any("GDMP" in note for note in l2.notes)
     bpda = get_preset("cifar10-bpda")
-    assert bpda.attack.kind == "bpda-eot" and bpda.attack.gradient == "bpda"
-    assert bpda.epsilon == 8 / 255 and bpda.method("diffpure").t_star == 100
-    gdmp = bpda.method("gdmp").kwargs()
-    assert (gdmp["runs"], gdmp["steps"], gdmp["t_star"]) == (2, 50, 50)
+    assert bpda.attack.attacks[0] == "bpda-eot"
+    assert {d.gradient for d in bpda.defences} == {"bpda"}
+    assert bpda.attack.eps == 8 / 255 and bpda.method("diffpure").t_star == 100
+    gdmp = bpda.method("gdmp")
+    assert (gdmp.runs, gdmp.steps, gdmp.t_star) == (2, 50, 50)
 
 
 def test_imagenet_numbers():
     p = get_preset("imagenet-linf")
     assert (p.dataset, p.image_size, p.classifier_input_size) == ("imagenet", 256, 224)
-    assert p.norm == "Linf" and p.epsilon == 4 / 255 and p.attack.eot == 20
+    assert p.attack.norm == "Linf" and p.attack.eps == 4 / 255 and p.attack.eot == 20
     assert p.diffusion_checkpoint == "guided_diffusion" and "resnet50" in p.classifier
     assert p.method("diffpure").t_star == 150
-    assert p.method("diffpure").kwargs()["surrogate_t_star"] == 200
-    assert p.method("gns").kwargs()["stages"] == GNS_IMAGENET_STAGES
-    assert p.ssni.num_levels == 50 and p.ssni.tau > 0
+    assert p.method("diffpure").surrogate_t_star == 200
+    assert p.method("gns").stages == GNS_IMAGENET_STAGES
+    assert p.ssni.num_levels == 50 and p.ssni.tau == 160.0
+    assert p.method("dac").top_fraction == 0.15 and p.run.batch_size == 8
     assert any("tau=160" in note for note in p.notes)
 
 
 def test_presets_are_frozen_plain_data():
     p = get_preset("cifar10-linf")
     with pytest.raises(dataclasses.FrozenInstanceError):
-        p.num_images = 10
+        p.run = None
     assert hash(p) == hash(get_preset("cifar10-linf"))
-    summary = preset_summary("imagenet-linf")
-    assert summary["methods"]["diffpure"]["surrogate_t_star"] == 200
-    with pytest.raises(ValueError, match="unknown method"):
+    record = p.run.as_dict()
+    assert record["defence"]["settings"] == {
+        "t_star": 100, "steps": 100, "surrogate_steps": 20, "surrogate_t_star": None,
+        "eta": None, "clip_denoised": False,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="no setting for method 'adp'"):
         p.method("adp")
+
+
+def test_every_preset_covers_diffpure_first_and_its_run_is_complete():
+    for name in list_presets():
+        p = get_preset(name)
+        assert p.methods[0] == "diffpure" and p.run.defence == p.defences[0]
+        assert p.run.preset == name
+        for method in p.methods:
+            assert isinstance(p.method(method), METHODS[method].settings)
 
 
 def test_build_diffpure_gdmp_gns(cifar_diffusion):
@@ -154,11 +166,13 @@ def test_build_purifier_validates(cifar_diffusion):
         build_purifier("cifar10-linf", "gdmp", cifar_diffusion, noise=FixedNoise(100))
     with pytest.raises(ValueError, match="gradient must be"):
         build_purifier("cifar10-linf", "gns", cifar_diffusion, gradient="exact")
+    with pytest.raises(ValueError, match="no setting"):
+        build_purifier("cifar10-l2", "dac", cifar_diffusion)
 
 
 def test_build_noise_kinds(cifar_diffusion, cifar_stats):
-    assert METHODS == ("diffpure", "gdmp", "gns", "dac", "mani-pure")
-    assert NOISE_KINDS == ("fixed", "ssni-l", "ssni-n")
+    assert tuple(METHODS) == ("diffpure", "gdmp", "gns", "dac", "mani-pure")
+    assert tuple(NOISES) == ("fixed", "ssni-l", "ssni-n")
     fixed = build_noise("cifar10-linf", "gns", "fixed", cifar_diffusion)
     assert isinstance(fixed, FixedNoise) and fixed.t_star == 125
     linear = build_noise("cifar10-linf", "diffpure", "ssni-l", cifar_diffusion, cifar_stats)
@@ -172,7 +186,7 @@ def test_build_noise_kinds(cifar_diffusion, cifar_stats):
     assert (tuned.tau, tuned.bias, tuned.t_star) == (5.0, 3.0, 36)
     with pytest.raises(ValueError, match="needs reference statistics"):
         build_noise("cifar10-linf", "diffpure", "ssni-l", cifar_diffusion)
-    with pytest.raises(ValueError, match="unknown noise kind"):
+    with pytest.raises(ValueError, match="unknown noise policy"):
         build_noise("cifar10-linf", "diffpure", "ssni", cifar_diffusion, cifar_stats)
 
 
@@ -186,14 +200,13 @@ def test_ssni_purifier_runs_end_to_end(cifar_diffusion, cifar_stats):
     assert out.shape == x.shape and bool(torch.isfinite(out).all())
 
 
-def test_cli_preset_setup_uses_the_method_settings(tmp_path, monkeypatch, cifar_diffusion):
-    import argparse
-
+def test_paper_preset_setup_reads_the_users_files(tmp_path, monkeypatch, cifar_diffusion):
     import numpy as np
     from PIL import Image
 
-    from art_ssni import sources as cli
+    from art_ssni.config import Overrides, resolve
     from art_ssni.diffusion.model import DiffusionModel as DM
+    from art_ssni.sources import Sources, load_setup
 
     for i, cls in enumerate(("cat", "dog", "ship")):
         (tmp_path / "test" / cls).mkdir(parents=True)
@@ -201,6 +214,7 @@ def test_cli_preset_setup_uses_the_method_settings(tmp_path, monkeypatch, cifar_
             tmp_path / "test" / cls / "0000.png"
         )
     (tmp_path / "ckpt.pth").write_bytes(b"x")
+    (tmp_path / "Standard.pt").write_bytes(b"x")
     conventions = []
 
     def fake_score_sde(cls, path, convention="as-trained"):
@@ -211,44 +225,34 @@ def test_cli_preset_setup_uses_the_method_settings(tmp_path, monkeypatch, cifar_
     monkeypatch.setattr(
         "art_ssni.models.classifiers.load_cifar10_wideresnet", lambda path: torch.nn.Identity()
     )
-    args = argparse.Namespace(
-        preset="cifar10-bpda",
-        method="gdmp",
+    sources = Sources(
         diffusion_checkpoint=str(tmp_path / "ckpt.pth"),
-        classifier_checkpoint="Standard.pt",
+        classifier_checkpoint=str(tmp_path / "Standard.pt"),
         data_dir=str(tmp_path),
-        stats=None,
-        seed=0,
-        n_images=None,
-        convention=None,
     )
-    setup = cli.preset_setup(args)
+    setup = load_setup("cifar10-bpda", sources)
     assert conventions == ["as-trained"]
-    args.convention = "lee-kim"
-    cli.preset_setup(args)
+    load_setup("cifar10-bpda", sources, convention="lee-kim")
     assert conventions[-1] == "lee-kim"
     assert setup.name == "cifar10" and setup.diffusion is cifar_diffusion
     assert setup.x.shape == (3, 3, 32, 32) and setup.y.tolist() == [3, 5, 8]
-    d = setup.defaults
-    assert (d["t_star"], d["steps"], d["gradient"], d["eps"]) == (50, 50, "bpda", 8 / 255)
-    assert (d["iterations"], d["eot"], d["n_images"], d["tau"], d["num_levels"]) == (
-        200,
-        20,
-        512,
-        20.0,
-        20,
-    )
-    assert setup.purifier_kwargs["gdmp"]["runs"] == 2 and setup.stats is None
-    args.diffusion_checkpoint = None
-    with pytest.raises(cli.CommandError, match="needs --diffusion-checkpoint"):
-        cli.preset_setup(args)
+    assert setup.stats is None
+    config = resolve("cifar10-bpda", Overrides(method="gdmp"), available=3)
+    settings = config.defence.settings
+    assert (settings.t_star, settings.steps, settings.runs) == (50, 50, 2)
+    assert (config.defence.gradient, config.attack.eps, config.attack.iterations) == (
+        "bpda", 8 / 255, 200,
+    )  # fmt: skip
+    assert (config.attack.eot, config.n_images, config.ssni.tau) == (20, 3, 20.0)
+    with pytest.raises(ValueError, match="needs --diffusion-checkpoint"):
+        load_setup("cifar10-bpda", dataclasses.replace(sources, diffusion_checkpoint=None))
 
 
 def test_imagenet_images_read_only_the_subset(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from art_ssni.presets import load_preset_images
+    from art_ssni.sources import load_preset_images
 
     for split in ("val", "train"):
         for k in range(1000):
@@ -264,31 +268,27 @@ def test_imagenet_images_read_only_the_subset(tmp_path):
 
 def test_sampler_ablation_preset(cifar_diffusion):
     p = get_preset("cifar10-sampler")
-    assert p.samplers == ("ddpm", "sde", "ddim") and p.convention == "as-trained"
-    assert [m.method for m in p.methods] == ["diffpure"]
-    assert p.method("diffpure").t_star == 100 and p.attack.epsilon == 8 / 255
+    assert p.samplers == ("ddpm", "sde", "ddim") and p.run.defence.convention == "as-trained"
+    assert p.methods == ("diffpure",)
+    assert p.method("diffpure").t_star == 100 and p.attack.eps == 8 / 255
     for sampler in p.samplers:
         purifier = build_purifier(p, "diffpure", cifar_diffusion, sampler=sampler)
         assert purifier.sampler == sampler and purifier.stages == ((100, 100),)
     assert build_purifier(p, "diffpure", cifar_diffusion, sampler="ddim").eta == 0.0
-    assert preset_summary(p)["samplers"] == ["ddpm", "sde", "ddim"]
 
 
 def test_cli_sampler_and_convention_reach_the_purifier():
-    from art_ssni import cli
+    from art_ssni.pipeline import build_rows, prepare
 
-    args = cli.build_parser().parse_args(
-        ["evaluate", "--noise", "fixed", "--attack", "pgd-eot", "--sampler", "sde"]
-        + ["--judge-draws", "0"]
+    config, setup = prepare(
+        "digits", noises="fixed", attacks="pgd-eot", sampler="sde", judge_draws=0
     )
-    setup = cli.load_setup(args)
-    rows = cli.build_rows(args, setup, cli._settings(args, setup))
+    rows = build_rows(config, setup)
     defended = [row for row in rows if row.model.purifier is not None]
     assert [row.model.purifier.sampler for row in defended] == ["sde"]
     assert defended[0].method.endswith("[SDE]")
-    args = cli.build_parser().parse_args(["evaluate", "--convention", "diffpure-sde"])
-    setup = cli.load_setup(args)
+    config, setup = prepare("digits", convention="diffpure-sde")
     assert setup.diffusion.schedule.continuous
     with pytest.raises(ValueError, match="do not belong to this setup"):
         # the shipped statistics belong to the as-trained convention
-        cli.build_rows(args, setup, cli._settings(args, setup))
+        build_rows(config, setup)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from art_ssni import GDMP, GNS, DiffPure, EPSNorm, SSNISigmoid
+from art_ssni import GDMP, GNS, DiffPure, DiffusionModel, EPSNorm, SSNISigmoid
 from art_ssni.purification.guidance import ssim
 
 FAST = {"t_star": 20, "steps": 10, "surrogate_steps": 2}
@@ -187,3 +187,171 @@ def test_bad_parameters(diffusion):
         DiffPure(diffusion, steps=0)
     with pytest.raises(TypeError, match="torch.Tensor"):
         DiffPure(diffusion)(None)
+
+
+class _Levels:
+    """A noise policy that returns fixed per-sample levels."""
+
+    def __init__(self, levels, t_star):
+        self.values, self.t_star = torch.tensor(levels), t_star
+
+    def __call__(self, x, generator=None):
+        return self.values
+
+
+def _every_method(model, noise):
+    from art_ssni import DAC, MANIPure
+
+    def half_mask(x):
+        mask = torch.zeros(x.shape[0], 1, *x.shape[-2:])
+        mask[..., :4] = 1
+        return mask
+
+    chain = {"t_star": 20, "steps": 6, "surrogate_steps": 2, "noise": noise}
+    return {
+        "diffpure": DiffPure(model, **chain),
+        "diffpure-ddim": DiffPure(model, sampler="ddim", **chain),
+        "diffpure-sde": DiffPure(model, sampler="sde", **chain),
+        "gdmp": GDMP(model, runs=2, guidance="mse", guidance_scale=10.0, **chain),
+        "gns": GNS(model, stages=[(10, 3), (20, 5)], surrogate_stages=[(20, 2)], noise=noise),
+        "dac": DAC(model, mask=half_mask, t_large=20, t_small=8, stride=3, noise=noise),
+        "dac-ddim": DAC(model, mask=half_mask, t_large=20, t_small=8, sampler="ddim", noise=noise),
+        "mani-pure": MANIPure(model, radius=2.0, **chain),
+    }
+
+
+@pytest.mark.parametrize("stages", ["real", "surrogate"])
+def test_rows_equal_a_counted_run_for_every_method(counted, images, stages):
+    levels = [0, 20, 7, 13, 1, 20]
+    for name, purifier in _every_method(counted, _Levels(levels, 20)).items():
+        chosen = purifier.stages if stages == "real" else purifier.surrogate_stages
+        counted.eps_net.rows = 0
+        with torch.no_grad():
+            purifier.purify(images, torch.tensor(levels), chosen, torch.Generator().manual_seed(0))
+        assert purifier.rows(torch.tensor(levels), chosen) == counted.eps_net.rows, name
+        assert counted.eps_net.rows > 0, name
+    diffpure = DiffPure(counted, t_star=20, steps=6)
+    assert diffpure.rows(torch.tensor(levels)) == sum(min(6, t) for t in levels)
+    gns = GNS(counted, stages=[(10, 3), (20, 5)], surrogate_stages=[(20, 2)])
+    # the stage at level 10 runs at round(t_i / 2): 0, 10, 4, 7, 1, 10
+    assert gns.rows(torch.tensor(levels)) == sum(min(3, (t + 1) // 2) + min(5, t) for t in levels)
+
+
+class _RandomLevels:
+    """A stochastic noise policy: levels drawn from the call's generator."""
+
+    t_star = 20
+
+    def __call__(self, x, generator=None):
+        return torch.randint(0, 41, (x.shape[0],), generator=generator)
+
+
+@pytest.mark.parametrize("gradient", ["full", "surrogate", "bpda"])
+def test_forward_with_levels_is_forward_plus_the_levels_of_that_pass(diffusion, images, gradient):
+    purifier = DiffPure(
+        diffusion, noise=_RandomLevels(), t_star=20, steps=4, surrogate_steps=2, gradient=gradient
+    )
+    weights = _weights(images)
+    for grad in (False, True):
+        x = images.clone().requires_grad_(grad)
+        out, levels = purifier.forward_with_levels(x, generator=4)
+        x_ref = images.clone().requires_grad_(grad)
+        ref = purifier(x_ref, generator=4)
+        assert torch.equal(out, ref)
+        expected = torch.randint(0, 41, (6,), generator=torch.Generator().manual_seed(4))
+        assert levels.dtype == torch.int64 and torch.equal(levels, expected)
+        if grad:
+            (out * weights).sum().backward()
+            (ref * weights).sum().backward()
+            assert torch.equal(x.grad, x_ref.grad)
+    purifier.generator = torch.Generator().manual_seed(9)
+    _, first = purifier.forward_with_levels(images)
+    _, second = purifier.forward_with_levels(images)
+    assert not torch.equal(first, second)  # each pass reports its own draw
+
+
+def test_stage_is_its_pair_when_plain_and_validates():
+    from art_ssni.diffusion import StepHooks
+    from art_ssni.purification import Stage
+
+    plain = Stage(30, steps=10)
+    assert plain == (30, 10) and tuple(plain) == (30, 10) and hash(plain) == hash((30, 10))
+    assert plain.plain and repr(plain) == "Stage(30, steps=10)"
+    strided = Stage(30, stride=4, end=10, renoise=False)
+    assert strided != (30, None) and not strided.plain
+    assert repr(strided) == "Stage(30, stride=4, end=10, renoise=False)"
+    assert Stage(30, steps=10, hooks=StepHooks(eta=0.0)) != (30, 10)
+    assert Stage(30, stride=4, end=10) == Stage(30, stride=4, end=10)
+    assert strided.counts(torch.tensor([30, 15, 0]), torch.tensor([10, 5, 0])).tolist() == [5, 3, 0]
+    for kwargs, message in [
+        ({"level": 0, "steps": 1}, "stage level"),
+        ({"level": 5}, "exactly one of steps and stride"),
+        ({"level": 5, "steps": 2, "stride": 2}, "exactly one of steps and stride"),
+        ({"level": 5, "steps": 0}, "stage steps"),
+        ({"level": 5, "stride": 2, "end": 5}, "stage end"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Stage(**kwargs)
+
+
+def test_stage_levels_and_ends_round_half_up(diffusion):
+    from art_ssni.purification import Purifier, Stage
+
+    purifier = Purifier(
+        diffusion, t_star=40, stages=[Stage(40, stride=3, end=10), (20, 5)],
+        surrogate_stages=[(40, 1)],
+    )  # fmt: skip
+    levels = torch.tensor([40, 6, 2, 0, 80])
+    assert [s.tolist() for s in purifier.stage_levels(levels)] == [
+        [40, 6, 2, 0, 80],
+        [20, 3, 1, 0, 40],
+    ]
+    assert [e.tolist() for e in purifier.stage_ends(levels)] == [
+        [10, 2, 1, 0, 20],  # round(t / 4), half up: 1.5 -> 2, 0.5 -> 1
+        [0, 0, 0, 0, 0],
+    ]
+
+
+def test_the_sde_sampler_refuses_settings_naming_the_method_and_why(diffusion):
+    with pytest.raises(ValueError, match=r"DiffPure cannot use the 'sde' sampler: eta sets"):
+        DiffPure(diffusion, sampler="sde", eta=0.5)
+    with pytest.raises(ValueError, match=r"GNS cannot use the 'sde' sampler: clip_denoised"):
+        GNS(diffusion, sampler="sde", clip_denoised=True)
+    with pytest.raises(ValueError, match=r"GDMP cannot use the 'sde' sampler with guidance"):
+        GDMP(diffusion, sampler="sde", guidance="ssim")
+    assert DiffPure(diffusion, sampler="sde").step_hooks is None
+
+
+def test_gdmp_guidance_step_follows_the_published_formula(images):
+    """mean shift = -a sqrt((1 - abar_t) / abar_t) var grad_x MSE(x_t, y_t), y_t the stage
+    input noised to t with the guide draw; each sample's shift reads only its own target."""
+    from art_ssni.diffusion.sampler import reverse_step
+
+    from tiny import TinyEpsNet
+
+    model = DiffusionModel(TinyEpsNet(), image_shape=(3, 8, 8))
+    scale = 300.0
+    purifier = GDMP(model, t_star=30, runs=1, steps=5, guidance="mse", guidance_scale=scale)
+    x = 2 * images - 1
+    guide = purifier.step_hooks.guide
+    per_sample = purifier.stage_state(x, None)
+    g = torch.Generator().manual_seed(4)
+    x_t = torch.randn(x.shape, generator=g)
+    guide_noise = torch.randn(x.shape, generator=g)
+    t, s = torch.full((6,), 30), torch.full((6,), 24)
+    zeros = torch.zeros_like(x)
+    with torch.no_grad():
+        plain = reverse_step(model, x_t, t, s, zeros, clip_denoised=True)
+        guided = reverse_step(
+            model, x_t, t, s, zeros, clip_denoised=True, guide=guide,
+            hook_noise=(guide_noise,), per_sample=per_sample,
+        )  # fmt: skip
+    a = model.schedule.abar(t).view(-1, 1, 1, 1)
+    a_s = model.schedule.abar(s).view(-1, 1, 1, 1)
+    var = (1 - a_s) / (1 - a) * (1 - a / a_s)
+    y_t = a.sqrt() * x + (1 - a).sqrt() * guide_noise
+    grad_mse = 2 * (x_t - y_t) / x[0].numel()  # per-sample mean over pixels
+    expected = -scale * ((1 - a) / a).sqrt() * var * grad_mse
+    torch.testing.assert_close(guided - plain, expected, atol=1e-6, rtol=1e-5)
+    alone = guide(model, x_t[3:4], t[3:4], var[3:4], guide_noise[3:4], {"target": x[3:4]})
+    torch.testing.assert_close(alone, expected[3:4], atol=1e-6, rtol=1e-5)

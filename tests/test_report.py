@@ -51,8 +51,8 @@ def _results() -> dict:
                 "n": 8,
                 "clean": _accuracies(0.75, 0.5, 0.6, 0.25),
                 "robust": _accuracies(0.5, 0.375, 0.4, 0.125),
-                "levels_clean": [10, 20, 30, 40],
-                "levels_adv": [50, 50, 50, 50],
+                "levels_clean": [[10, 20, 30, 40], [10, 20, 30, 40]],  # draws x images
+                "levels_adv": [[50, 50, 50, 50], [50, 50, 50, 50]],
                 "eps_clean": [1.0, 1.5, 2.0, 2.5],
                 "eps_adv": [3.0, 3.25, 3.5, 4.0],
                 "seconds_per_image": 12.5,
@@ -145,3 +145,11 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch):
         write_report(_results(), tmp_path)
     assert os.listdir(tmp_path) == ["results.json"]
     assert (tmp_path / "results.json").read_text() == "old"
+
+
+def test_markdown_takes_seed_and_machine_from_the_run():
+    results = _results()
+    results["run"] = {"seed": 3, "processes": 2, "machine": "run-cpu"}
+    md = to_markdown(results)
+    assert "- **Seed:** 3" in md and "- **Machine:** run-cpu" in md
+    assert "test-cpu" not in md

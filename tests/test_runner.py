@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from art_ssni import DiffPure
-from art_ssni.evaluation.runner import Evaluation, Row, unit_seed
+from art_ssni.evaluation.results import ROW_FIELDS, make_row
+from art_ssni.evaluation.runner import Evaluation, Row, evaluate_batch, unit_seed
 from art_ssni.models.defended import DefendedClassifier
 
 from tiny import TinyClassifier
@@ -112,3 +113,65 @@ def test_rows_record_the_attack_its_judging_and_the_final_judging(tmp_path, diff
     }
     assert in_loop["final_judging"]["draws"] == 3
     assert in_loop["max_delta_linf"] <= 0.05 + 1e-6
+
+
+class RandomLevels:
+    """A noise policy whose levels come from the defence's stream (so they differ from pass
+    to pass); it keeps every level it hands out, in order."""
+
+    def __init__(self, top: int) -> None:
+        self.top = top
+        self.calls: list[torch.Tensor] = []
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        levels = torch.randint(0, self.top + 1, (x.shape[0],), generator=generator)
+        self.calls.append(levels)
+        return levels
+
+
+def test_reported_levels_are_those_of_the_judging_passes(tmp_path, diffusion):
+    x, y = _data()
+    policy = RandomLevels(6)
+    model = DefendedClassifier(
+        DiffPure(diffusion, noise=policy, t_star=6, steps=2), TinyClassifier()
+    )
+    row = Row("random", "DiffPure", model, "pgd-eot", ATTACK)
+    record = evaluate_batch(row, x[:4], y[:4], seed=5, draws=3)
+    judging = torch.stack(policy.calls[-6:])  # 3 clean passes, then 3 adversarial ones
+    assert record["levels_clean"].tolist() == judging[:3].tolist()
+    assert record["levels_adv"].tolist() == judging[3:].tolist()
+    assert len(policy.calls) > 6  # the attack's passes came first and are not reported
+    assert len({tuple(levels) for levels in judging.tolist()}) > 1
+
+    evaluation = Evaluation(tmp_path, {}, batch_size=4, draws=3, seed=0, progress=False)
+    (merged,) = evaluation.run([row], x, y)
+    parts = [evaluation.load_unit("random", b, n) for b, n in enumerate((4, 4, 2))]
+    assert merged["levels_clean"] == torch.cat([p["levels_clean"] for p in parts], 1).tolist()
+    assert merged["levels_adv"] == torch.cat([p["levels_adv"] for p in parts], 1).tolist()
+    assert [len(levels) for levels in merged["levels_clean"]] == [10, 10, 10]
+    assert merged["eps_clean"] is None and merged["defence"]["method"] == "DiffPure"
+
+
+def test_rows_follow_the_results_schema(tmp_path, diffusion):
+    x, y = _data()
+    evaluation = Evaluation(tmp_path, {}, batch_size=5, draws=2, seed=0, progress=False)
+    undefended, fixed = evaluation.run(_rows(diffusion), x, y)
+    assert list(undefended) == list(ROW_FIELDS) and list(fixed) == list(ROW_FIELDS)
+    assert undefended["levels_clean"] is None and undefended["defence"]["method"] is None
+    assert fixed["levels_clean"] == [[6] * 10] * 2 and fixed["levels_adv"] == [[6] * 10] * 2
+    assert fixed["gradient"] == "full" and undefended["gradient"] == "n/a"
+    with pytest.raises(ValueError, match="missing"):
+        make_row(key="k")
+
+
+def test_a_unit_with_levels_of_another_shape_is_recomputed(tmp_path, diffusion):
+    x, y = _data()
+    evaluation = Evaluation(tmp_path, {}, batch_size=4, draws=2, seed=0, progress=False)
+    evaluation.run(_rows(diffusion), x, y)
+    path = evaluation.part_path("diffpure-fixed", 0)
+    record = torch.load(path, weights_only=True)
+    assert tuple(record["levels_clean"].shape) == (2, 4)
+    record["levels_clean"] = record["levels_clean"][0]  # one level per image: an older layout
+    torch.save(record, path)
+    with pytest.warns(UserWarning, match=r"levels_clean of shape \(4,\), expected \(2, 4\)"):
+        assert evaluation.load_unit("diffpure-fixed", 0, 4) is None

@@ -1,4 +1,5 @@
-"""Tiny networks for the CPU tests (imported by module name; robustbench owns `tests`)."""
+"""Tiny networks for the CPU tests, and a planner of command lines (imported by module name;
+robustbench owns `tests`)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,14 @@ class TinyClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def plan(argv: list[str]):
+    """What ``art-ssni <argv>`` would run, without running it: ``(config, setup)``."""
+    from art_ssni.cli import build_parser, overrides_of, sources_of
+    from art_ssni.pipeline import prepare
+
+    args = build_parser().parse_args(argv)
+    options = overrides_of(args).given()
+    options.setdefault("seed", args.seed)
+    return prepare(args.preset, sources=sources_of(args), quick=args.quick, **options)

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..models.defended import DefendedClassifier
+
 AGGREGATIONS = ("single", "vote", "mean", "worst")
 
 
@@ -36,6 +38,18 @@ def predict_draws(
             batch = x[start : start + batch_size].to(device)
             out[d, start : start + batch_size] = model(batch).argmax(1).cpu()
     return out
+
+
+def predict_with_levels(
+    model: nn.Module, x: torch.Tensor, draws: int, *, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`predict_draws` and the levels those very passes used, both (draws, N) on the
+    CPU; the levels are None when the model picks none (no noise policy, or no defence)."""
+    if not isinstance(model, DefendedClassifier) or model.policy is None:
+        return predict_draws(model, x, draws, batch_size=batch_size), None
+    with model.record_levels() as passes:
+        predictions = predict_draws(model, x, draws, batch_size=batch_size)
+    return predictions, torch.cat(passes).view(draws, x.shape[0]).cpu()
 
 
 def correct_draws(predictions: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,9 @@
-"""Adaptive attacks on a :class:`~art_ssni.models.DefendedClassifier` (DESIGN section 5).
+"""Adaptive attacks on a :class:`~art_ssni.models.DefendedClassifier`.
 
 - :func:`pgd_eot`: PGD with Expectation over Transformation (Athalye et al. 2018), Linf or L2
   (L2 takes normalised gradient steps and projects onto the ball), summed cross-entropy. Each
   forward pass re-runs the defence, so under SSNI the levels are re-chosen every time (the
-  SSNI paper's Algorithm 2). Gradients flow through the purifier's own gradient mode.
+  SSNI paper's Algorithm 2). Gradients flow through the defence's own gradient mode.
 - :func:`bpda_eot`: the same loop with the purifier's backward replaced by the identity
   (the paper's Algorithm 3).
 - :func:`selector_aware_pgd`: also pushes the EPS norm of the adversarial input down,
@@ -14,12 +14,16 @@ All take ``restarts`` (random restarts, the best kept per sample) and ``judge_dr
 ``criterion``: with N > 0 every iterate is judged over N fresh draws and the best one for
 the attacker is returned (DiffHammer / DiffBreak in-loop judging, :mod:`.eot`); N = 0
 returns the last iterate (one-shot).
+
+The attacks reach the defence only through the interface of
+:class:`~art_ssni.models.DefendedClassifier` (``gradient_mode``, ``policy``, ``scores``); a
+plain classifier, or a wrapper that does not offer that interface, is attacked as undefended.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
@@ -31,19 +35,11 @@ from .eot import DEFAULT_MAX_ROWS, BestIterate, best_of_restarts, check_judging,
 NORMS = ("Linf", "L2")
 
 
-@contextmanager
-def gradient_mode(model: nn.Module, mode: str) -> Iterator[None]:
-    """Temporarily switch the purifier of ``model`` to gradient ``mode``."""
-    purifier = getattr(model, "purifier", None)
-    if purifier is None:
-        yield
-        return
-    previous = purifier.gradient
-    purifier.gradient = mode
-    try:
-        yield
-    finally:
-        purifier.gradient = previous
+def gradient_mode(model: nn.Module, mode: str) -> AbstractContextManager[None]:
+    """Temporarily switch the defence of ``model`` to gradient ``mode`` (see
+    :meth:`DefendedClassifier.gradient_mode`); nothing changes for an undefended model."""
+    switch = getattr(model, "gradient_mode", None)
+    return switch(mode) if switch is not None else nullcontext()
 
 
 def per_sample_l2(v: torch.Tensor) -> torch.Tensor:
@@ -108,11 +104,11 @@ def pgd_eot(
     """Adversarial examples by PGD+EOT (paper defaults: 200 steps of 0.007, 20 draws).
 
     With ``selector_weight`` w > 0 each step ascends g_CE / ||g_CE|| - w g_EPS / ||g_EPS||
-    per sample: the EOT gradient of the cross-entropy and the gradient of the purifier
-    policy's EPS norm, each normalised so that w is their relative weight whatever their
-    scales (the EPS gradient is orders of magnitude larger than the gradient through the
-    purifier). Restart 0 starts at x (or at random with ``random_start``), later restarts
-    at random points of the ball.
+    per sample: the EOT gradient of the cross-entropy and the gradient of the defence's EPS
+    norm (:meth:`DefendedClassifier.scores`), each normalised so that w is their relative
+    weight whatever their scales (the EPS gradient is orders of magnitude larger than the
+    gradient through the purifier). Restart 0 starts at x (or at random with
+    ``random_start``), later restarts at random points of the ball.
     """
     _check(x, y, norm, eps, step, iterations)
     check_judging(judge_draws, criterion)
@@ -147,7 +143,7 @@ def pgd_eot(
 
 
 def bpda_eot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
-    """PGD+EOT with the purifier's backward pass replaced by the identity (BPDA)."""
+    """PGD+EOT with the defence's backward pass replaced by the identity (BPDA)."""
     with gradient_mode(model, "bpda"):
         return pgd_eot(model, x, y, **kwargs)
 
@@ -162,9 +158,8 @@ def selector_aware_pgd(
     return pgd_eot(model, x, y, selector_weight=weight, **kwargs)
 
 
-def _selector(model: nn.Module):
-    policy = getattr(getattr(model, "purifier", None), "noise", None)
-    eps_norm = getattr(policy, "eps_norm", None)
-    if eps_norm is None:
+def _selector(model: nn.Module) -> Callable[..., torch.Tensor]:
+    """The defence's differentiable EPS norm ``scores(x, generator)``."""
+    if not hasattr(getattr(model, "policy", None), "scores"):
         raise ValueError("the selector-aware attack needs a purifier with an SSNI noise policy")
-    return eps_norm
+    return model.scores

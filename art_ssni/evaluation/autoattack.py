@@ -5,7 +5,7 @@ with 20 EOT draws per gradient, but decides which samples are robust, and so whi
 attacks at all, from one stochastic forward pass. On a randomised defence that one pass is a
 coin flip: :func:`autoattack_rand` keeps the reference attack and re-judges its final examples
 over ``judge_draws`` fresh passes of the defence, reporting single / vote / mean / worst
-accuracy for both the clean and the adversarial inputs (DESIGN section 5).
+accuracy for both the clean and the adversarial inputs.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models.defended import DefendedClassifier
 from ..validation import check_images
 from .accuracy import aggregate, correct_draws, predict_draws
 
@@ -140,7 +141,7 @@ def autoattack_rand(
     Returns ``(x_adv, result)`` with ``result["robust"]`` and ``result["clean"]`` the
     :func:`~art_ssni.evaluation.aggregate` dicts (single / vote / mean / worst),
     ``result["protocol"]`` a sentence naming every setting, ``result["gradient"]`` the
-    purifier's gradient mode and ``result["unattacked"]``. The global torch RNG, which the
+    defence's gradient mode and ``result["unattacked"]``. The global torch RNG, which the
     reference reseeds, is restored afterwards.
     """
     if norm not in RAND_NORMS:
@@ -190,7 +191,8 @@ def autoattack_rand(
         unattacked = int((_unattacked(x, x_adv, y, y_adv) & ever_right).sum())
         robust = predict_draws(model, x_adv, judge_draws, batch_size=batch_size)
 
-    mode = getattr(getattr(model, "purifier", None), "gradient", None) or "none (no purifier)"
+    gradient = model.gradient if isinstance(model, DefendedClassifier) else None
+    mode = gradient or "none (no purifier)"
     version = getattr(_pyautoattack(), "__version__", "?")
     protocol = (
         f"AutoAttack rand (pyautoattack {version}: APGD-CE then APGD-DLR, {n_iter} iterations, "

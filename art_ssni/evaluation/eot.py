@@ -1,4 +1,4 @@
-"""Batched EOT gradients and in-loop judging, shared by every attack (DESIGN section 5).
+"""Batched EOT gradients and in-loop judging, shared by every attack.
 
 - :func:`eot_gradient`: the Expectation-over-Transformation gradient (Athalye et al. 2018)
   with the draws folded into the batch dimension: x is repeated ``draws`` times and the

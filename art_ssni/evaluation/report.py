@@ -1,26 +1,24 @@
 """Turn an evaluation results dict into a console table, Markdown, JSON and PNG plots.
 
-The results schema is plain JSON-able data: ``{"config": {...}, "rows": [{...}, ...]}``, where
-each row names a method, an attack and the purifier's gradient mode, and holds the clean and
-robust accuracies under every aggregation (single, vote, mean, worst), the per-sample noise
-levels and EPS norms (``None`` where the defence has none), and the wall seconds per image.
-
-Every file is written atomically: to a temporary file in the target folder, then
-:func:`os.replace`. Levels are summarised as mean ± population standard deviation.
+The results schema (``{"config": {...}, "rows": [{...}, ...]}``) is described in
+:mod:`.results`. Every file is written atomically (:mod:`art_ssni.io`). Levels are
+summarised as mean ± population standard deviation over every image in every judging pass.
 """
 
 from __future__ import annotations
 
-import contextlib
+import io
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
+
+from ..io import atomic_write_bytes, atomic_write_text
+from .results import combine_runs
 
 __all__ = ["COLUMN_NOTES", "combine_runs", "format_table", "to_markdown", "write_report"]
 
@@ -52,8 +50,9 @@ COLUMN_NOTES: tuple[tuple[str, str], ...] = (
     ("gradient", "the purifier's gradient mode used by the attack (full, surrogate, bpda, n/a)."),
     (
         "levels clean / levels adv",
-        "the noise level t the defence chose per sample, as mean ± standard deviation over "
-        "the clean / adversarial inputs; - where the defence chooses none.",
+        "the noise level t the defence chose per sample in the judging passes, as mean ± "
+        "standard deviation over the clean / adversarial inputs and the N draws; - where the "
+        "defence chooses none.",
     ),
     ("s/img", "wall seconds per image for the attack plus the evaluation."),
 )
@@ -67,10 +66,15 @@ def _percent(value: Any) -> str:
     return f"{100.0 * float(value):.1f}"
 
 
-def _spread(values: Sequence[float] | None) -> str:
+def _flat(values: Sequence[Any]) -> np.ndarray:
+    """Per-sample values (a list, or one list per draw) as one flat float array."""
+    return np.asarray(values, dtype=float).ravel()
+
+
+def _spread(values: Sequence[Any] | None) -> str:
     if values is None or len(values) == 0:
         return "-"
-    array = np.asarray(values, dtype=float)
+    array = _flat(values)
     return f"{array.mean():.1f}±{array.std():.1f}"
 
 
@@ -171,14 +175,15 @@ def to_markdown(results: Mapping[str, Any]) -> str:
             "pipeline runs, and its accuracies are not results.",
             "",
         ]
+    run = results.get("run") or {}
     known = [
         ("Dataset", config.get("dataset")),
         ("Preset", config.get("preset")),
         ("Images", config.get("n_images")),
         ("Draws (N)", config.get("draws")),
-        ("Seed", config.get("seed")),
+        ("Seed", run.get("seed", config.get("seed"))),
         ("Attack", _attack_settings(config["attack"]) if config.get("attack") else None),
-        ("Machine", config.get("machine")),
+        ("Machine", run.get("machine", config.get("machine"))),
     ]
     lines += [f"- **{name}:** {value}" for name, value in known if value is not None]
     shown = {"dataset", "preset", "n_images", "draws", "seed", "attack", "machine", "smoke"}
@@ -247,50 +252,6 @@ def _runs_lines(rows: Sequence[Mapping[str, Any]], runs: Any) -> list[str]:
     return lines
 
 
-def combine_runs(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """One results dict from several runs of the same rows: accuracies are the mean over
-    runs, ``runs_std`` their sample standard deviation, ``per_run`` every run's values."""
-    if not results:
-        raise ValueError("combine_runs needs at least one run")
-    keys = [[row["key"] for row in r["rows"]] for r in results]
-    if any(k != keys[0] for k in keys):
-        raise ValueError("the runs do not hold the same rows")
-    rows = []
-    for index, first in enumerate(results[0]["rows"]):
-        per_run = [r["rows"][index] for r in results]
-        row = {k: v for k, v in first.items() if not k.endswith("_ci95")}
-        row["runs_std"], row["per_run"] = {}, {}
-        for split in ("clean", "robust"):
-            row[split], row["runs_std"][split], row["per_run"][split] = {}, {}, {}
-            for aggregation in first[split]:
-                values = np.array([float(r[split][aggregation]) for r in per_run])
-                row[split][aggregation] = float(values.mean())
-                row["runs_std"][split][aggregation] = (
-                    float(values.std(ddof=1)) if values.size > 1 else 0.0
-                )
-                row["per_run"][split][aggregation] = values.tolist()
-        row["seconds_per_image"] = float(np.mean([r["seconds_per_image"] for r in per_run]))
-        rows.append(row)
-    config = {**results[0]["config"], "runs": len(results)}
-    return {"config": config, "rows": rows}
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -342,7 +303,7 @@ def _histograms(
     figure, axes = _panels(len(chosen))
     for ax, row in zip(axes, chosen):
         series = [
-            (np.asarray(row[key], dtype=float), label, colour)
+            (_flat(row[key]), label, colour)
             for key, label, colour in (
                 (clean, "clean", "tab:blue"),
                 (adv, "adversarial", "tab:red"),
@@ -406,8 +367,8 @@ def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) ->
     markdown = to_markdown(results)
 
     written = {
-        "json": _atomic_write(out / "results.json", lambda h: h.write(text.encode("utf-8"))),
-        "markdown": _atomic_write(out / "results.md", lambda h: h.write(markdown.encode("utf-8"))),
+        "json": atomic_write_text(out / "results.json", text),
+        "markdown": atomic_write_text(out / "results.md", markdown),
     }
     rows = list(results.get("rows", []))
     draws = (results.get("config") or {}).get("draws")
@@ -419,7 +380,7 @@ def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) ->
     for name, figure in figures.items():
         if figure is None:
             continue
-        written[name] = _atomic_write(
-            out / f"{name}.png", lambda h, f=figure: f.savefig(h, format="png", dpi=120)
-        )
+        image = io.BytesIO()
+        figure.savefig(image, format="png", dpi=120)
+        written[name] = atomic_write_bytes(out / f"{name}.png", image.getvalue())
     return written

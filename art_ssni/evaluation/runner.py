@@ -14,11 +14,10 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,55 +26,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .accuracy import aggregate, intervals, predict_draws
-from .apgd import apgd_eot
-from .attacks import bpda_eot, pgd_eot, selector_aware_pgd
+from ..io import atomic_torch_save, atomic_write_bytes
+from ..models.defended import DefendedClassifier
+from .accuracy import aggregate, intervals, predict_with_levels
+from .registry import ATTACKS, get_attack
+from .results import make_row
 
-
-def autoattack(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    generator: int,
-    norm: str,
-    eps: float,
-    iterations: int,
-    eot: int,
-    step: float | None = None,
-) -> torch.Tensor:
-    """Reference AutoAttack ``rand`` examples; the runner re-judges them over its draws."""
-    from .autoattack import autoattack_rand
-
-    x_adv, _ = autoattack_rand(
-        model,
-        x,
-        y,
-        norm=norm,
-        eps=eps,
-        eot_iter=eot,
-        n_iter=iterations,
-        judge_draws=1,
-        seed=generator,
-    )
-    return x_adv
-
-
-ATTACKS: dict[str, Callable[..., torch.Tensor]] = {
-    "pgd-eot": pgd_eot,
-    "bpda-eot": bpda_eot,
-    "selector-aware": selector_aware_pgd,
-    "apgd-eot": apgd_eot,
-    "autoattack": autoattack,
-}
-ATTACK_NAMES = {
-    "none": "none",
-    "pgd-eot": "PGD-EOT",
-    "bpda-eot": "BPDA-EOT",
-    "selector-aware": "selector-aware PGD-EOT",
-    "apgd-eot": "APGD-EOT",
-    "autoattack": "AutoAttack rand (re-judged)",
-}
 # DiffBreak's names for robust accuracy under in-loop judging with each criterion.
 INLOOP_NAMES = {"worst": "Wor.Rob", "vote": "MV.Rob"}
 
@@ -91,8 +47,8 @@ class Row:
     attack_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.attack != "none" and self.attack not in ATTACKS:
-            raise ValueError(f"unknown attack {self.attack!r}; choose from {sorted(ATTACKS)}")
+        if self.attack != "none":
+            get_attack(self.attack)
         if not self.key.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"row key must be file-safe, got {self.key!r}")
 
@@ -102,32 +58,8 @@ def unit_seed(seed: int, key: str, batch: int) -> int:
     return zlib.crc32(f"{seed}:{key}:{batch}".encode()) & 0x7FFFFFFF
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_torch_save(obj: dict[str, Any], path: Path) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def _policy(model: nn.Module):
-    return getattr(getattr(model, "purifier", None), "noise", None)
+def _defence(model: nn.Module) -> DefendedClassifier | None:
+    return model if isinstance(model, DefendedClassifier) else None
 
 
 def evaluate_batch(
@@ -139,35 +71,39 @@ def evaluate_batch(
     draws: int,
     save_adversarial: bool = False,
 ) -> dict[str, Any]:
-    """Attack one batch, then judge clean and adversarial inputs over ``draws`` passes."""
+    """Attack one batch, then judge clean and adversarial inputs over ``draws`` passes,
+    recording the levels each judging pass used."""
     model = row.model
+    defence = _defence(model)
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
-    purifier = getattr(model, "purifier", None)
-    if purifier is not None:
-        purifier.generator = torch.Generator().manual_seed(seed)
+    if defence is not None:
+        defence.reseed(seed)
     start = time.perf_counter()
     if row.attack == "none":
         x_adv = x
     else:
-        x_adv = ATTACKS[row.attack](model, x, y, generator=seed + 1, **row.attack_kwargs)
+        x_adv = ATTACKS[row.attack].run(model, x, y, generator=seed + 1, **row.attack_kwargs)
+    preds_clean, levels_clean = predict_with_levels(model, x, draws)
+    preds_adv, levels_adv = predict_with_levels(model, x_adv, draws)
     record: dict[str, Any] = {
-        "preds_clean": predict_draws(model, x, draws),
-        "preds_adv": predict_draws(model, x_adv, draws),
+        "preds_clean": preds_clean,
+        "preds_adv": preds_adv,
         "y": y.cpu(),
         "delta_linf": (x_adv - x).flatten(1).abs().max(1).values.cpu(),
         "delta_l2": (x_adv - x).flatten(1).norm(dim=1).cpu(),
     }
     if save_adversarial:
         record["x_adv"] = x_adv.detach().cpu()
-    if purifier is not None:
+    if levels_clean is not None:
+        record["levels_clean"] = levels_clean
+        record["levels_adv"] = levels_adv
+    if defence is not None:
         with torch.no_grad():
-            record["levels_clean"] = purifier.levels(x, seed + 2).cpu()
-            record["levels_adv"] = purifier.levels(x_adv, seed + 2).cpu()
-            policy = _policy(model)
-            if hasattr(policy, "scores"):
-                record["eps_clean"] = policy.scores(x, seed + 3).float().cpu()
-                record["eps_adv"] = policy.scores(x_adv, seed + 3).float().cpu()
+            eps_clean = defence.scores(x, seed + 3)
+            if eps_clean is not None:
+                record["eps_clean"] = eps_clean.float().cpu()
+                record["eps_adv"] = defence.scores(x_adv, seed + 3).float().cpu()
     record["seconds"] = time.perf_counter() - start
     return record
 
@@ -184,7 +120,7 @@ def attack_record(row: Row, draws: int) -> dict[str, Any]:
     settings["restarts"] = kwargs.get("restarts", 1)
     judge_draws = kwargs.get("judge_draws", 0)
     criterion = kwargs.get("criterion", "worst") if judge_draws else None
-    label = ATTACK_NAMES[row.attack]
+    label = ATTACKS[row.attack].label if row.attack != "none" else "none"
     if settings["restarts"] > 1:
         label += f" x{settings['restarts']} restarts"
     if judge_draws:
@@ -205,31 +141,38 @@ def _merge(row: Row, parts: list[dict[str, Any]]) -> dict[str, Any]:
     def cat(name: str):
         if not parts or name not in parts[0]:
             return None
-        return torch.cat([p[name] for p in parts], dim=1 if name.startswith("preds") else 0)
+        per_draw = name.startswith(("preds", "levels"))
+        return torch.cat([p[name] for p in parts], dim=1 if per_draw else 0)
+
+    def listed(name: str):
+        values = cat(name)
+        return values.tolist() if values is not None else None
 
     y = cat("y")
     n = int(y.shape[0])
-    gradient = getattr(getattr(row.model, "purifier", None), "gradient", None)
-    if row.attack == "bpda-eot":
-        gradient = "bpda"
-    out = {
-        "key": row.key,
-        "method": row.method,
+    defence = _defence(row.model)
+    gradient = defence.gradient if defence is not None else None
+    if row.attack != "none" and ATTACKS[row.attack].gradient is not None:
+        gradient = ATTACKS[row.attack].gradient
+    return make_row(
+        key=row.key,
+        method=row.method,
+        defence=defence.describe() if defence is not None else None,
         **attack_record(row, int(cat("preds_adv").shape[0])),
-        "gradient": gradient if gradient and row.attack != "none" else "n/a",
-        "n": n,
-        "clean": aggregate(cat("preds_clean"), y),
-        "robust": aggregate(cat("preds_adv"), y),
-        "clean_ci95": intervals(cat("preds_clean"), y),
-        "robust_ci95": intervals(cat("preds_adv"), y),
-        "max_delta_linf": float(cat("delta_linf").max()),
-        "max_delta_l2": float(cat("delta_l2").max()),
-        "seconds_per_image": sum(p["seconds"] for p in parts) / n,
-    }
-    for name in ("levels_clean", "levels_adv", "eps_clean", "eps_adv"):
-        values = cat(name)
-        out[name] = values.tolist() if values is not None else None
-    return out
+        gradient=gradient if gradient and row.attack != "none" else "n/a",
+        n=n,
+        clean=aggregate(cat("preds_clean"), y),
+        robust=aggregate(cat("preds_adv"), y),
+        clean_ci95=intervals(cat("preds_clean"), y),
+        robust_ci95=intervals(cat("preds_adv"), y),
+        max_delta_linf=float(cat("delta_linf").max()),
+        max_delta_l2=float(cat("delta_l2").max()),
+        seconds_per_image=sum(p["seconds"] for p in parts) / n,
+        levels_clean=listed("levels_clean"),
+        levels_adv=listed("levels_adv"),
+        eps_clean=listed("eps_clean"),
+        eps_adv=listed("eps_adv"),
+    )
 
 
 class Evaluation:
@@ -314,7 +257,7 @@ class Evaluation:
             "x_adv": torch.cat([p["x_adv"] for p in parts]),
             "y": torch.cat([p["y"] for p in parts]),
         }
-        _atomic_torch_save(examples, path)
+        atomic_torch_save(examples, path)
         return path
 
     def part_path(self, key: str, batch: int) -> Path:
@@ -348,7 +291,7 @@ class Evaluation:
                 save_adversarial=self.save_adversarial,
             )
             record["meta"] = self.unit_meta(row.key, b, size(b))
-            _atomic_torch_save(record, self.part_path(row.key, b))
+            atomic_torch_save(record, self.part_path(row.key, b))
             bar.update(1)
         bar.close()
         barrier(self.world)
@@ -381,6 +324,7 @@ def _unit_problem(record: Any, meta: dict[str, Any], draws: int) -> str | None:
         return "belongs elsewhere: " + ", ".join(wrong)
     n = meta["n"]
     shapes = {"y": (n,), "preds_clean": (draws, n), "preds_adv": (draws, n)}
+    shapes.update({name: (draws, n) for name in ("levels_clean", "levels_adv") if name in record})
     for name, shape in shapes.items():
         value = record.get(name)
         if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:

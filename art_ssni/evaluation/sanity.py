@@ -3,7 +3,7 @@
 A defence that only hides gradients shows it here: accuracy should fall towards 0 as the
 budget grows, more iterations should never raise robust accuracy materially, the attack
 should beat random noise of the same size, and the undefended classifier should break.
-The attack's own strength is checked too (issue 12): judging in the loop should never leave
+The attack's own strength is checked too: judging in the loop should never leave
 more samples robust than one-shot, and more restarts should never raise robust accuracy
 (both up to ``tolerance``, since the final judging draws are random).
 """

@@ -11,12 +11,9 @@ from __future__ import annotations
 import torch
 
 from .._rng import SeedLike
+from ..diffusion.rounding import round_half_up
 from ..validation import check_number
 from .eps import EPSNorm, ReferenceStats
-
-
-def _round_half_up(v: torch.Tensor) -> torch.Tensor:
-    return torch.floor(v + 0.5).long()
 
 
 class _SSNIPolicy:
@@ -52,7 +49,7 @@ class _SSNIPolicy:
         return self.levels_from_scores(self.scores(x, generator))
 
     def levels_from_scores(self, eps: torch.Tensor) -> torch.Tensor:
-        return _round_half_up(self.reweight(eps)).clamp(0, self.t_max)
+        return round_half_up(self.reweight(eps)).clamp(0, self.t_max)
 
     def reweight(self, eps: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

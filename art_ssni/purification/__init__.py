@@ -1,6 +1,6 @@
 """Purification methods on one engine: DiffPure, GDMP, GNS, DAC, MANI-Pure."""
 
-from .engine import GRADIENT_MODES, Purifier
+from .engine import GRADIENT_MODES, Purifier, Stage
 from .heterogeneous import DAC, MANIPure, phase_projection
 from .methods import GDMP, GNS, GNS_CIFAR10_STAGES, GNS_IMAGENET_STAGES, DiffPure
 
@@ -15,4 +15,5 @@ __all__ = [
     "GRADIENT_MODES",
     "DiffPure",
     "Purifier",
+    "Stage",
 ]

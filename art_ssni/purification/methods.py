@@ -1,14 +1,15 @@
-"""DiffPure, GDMP and GNS as configurations of the one engine (DESIGN section 2)."""
+"""DiffPure, GDMP and GNS as configurations of the one engine: their stages and hooks."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from .._rng import SeedLike
 from ..diffusion.model import DiffusionModel
-from ..diffusion.sampler import Guide
+from ..diffusion.sampler import PerSample
 from ..validation import check_number
 from .engine import NoisePolicy, Purifier
 from .guidance import GUIDANCE_DISTANCES, distance_gradient
@@ -52,15 +53,44 @@ class DiffPure(Purifier):
         )
 
 
+@dataclass(frozen=True)
+class DistanceGuidance:
+    """GDMP's guided mean: mu - a sqrt(1 - abar_t) / sqrt(abar_t) var_t grad D(x_t, y_t).
+
+    y_t is the stage input ``per_sample["target"]`` noised to level t with the step's guide
+    draw; D is the mean squared error or 1 - SSIM (``distance``) of *each sample* (official
+    GDMP averages the MSE over the batch, so one sample's guidance depends on its batch-mates:
+    not copied). The scale sqrt(1 - abar_t) / (m sqrt(abar_t)) is official GDMP's, with
+    a = ``scale`` = 1/m.
+    """
+
+    distance: str
+    scale: float
+
+    def __call__(
+        self,
+        model: DiffusionModel,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        var: torch.Tensor,
+        noise: torch.Tensor,
+        per_sample: PerSample,
+    ) -> torch.Tensor:
+        y_t = model.q_sample(per_sample["target"], t, noise)
+        abar = model.schedule.abar(t, x_t.dtype).view(-1, 1, 1, 1)
+        scale = self.scale * ((1 - abar) / abar).sqrt()
+        return -scale * var * distance_gradient(self.distance, x_t, y_t)
+
+
 class GDMP(Purifier):
     """GDMP (Wang et al. 2022): ``runs`` purifications in sequence, optionally guided.
 
     Defaults are the CIFAR-10 PGD setting: 4 runs of 36 steps from t* = 36 without guidance
     (the strongest public evaluation uses none); the BPDA setting is runs=2, t_star=steps=50.
     With guidance ``"mse"`` or ``"ssim"`` each reverse step's mean moves toward the run's input
-    noised to the step's level (see :meth:`guide`). x0_hat is clamped to [-1, 1] inside each
-    step (``clip_denoised``, official GDMP) unless the sampler is "sde". Under SSNI every run
-    uses the sample's level.
+    noised to the step's level (:class:`DistanceGuidance`). x0_hat is clamped to [-1, 1]
+    inside each step (``clip_denoised``, official GDMP) unless the sampler is "sde". Under SSNI
+    every run uses the sample's level.
     """
 
     def __init__(
@@ -87,9 +117,13 @@ class GDMP(Purifier):
             )
         check_number(guidance_scale, "guidance_scale", low=0.0)
         if guidance != "none" and sampler == "sde":
-            raise ValueError("GDMP guidance needs a DDIM-form sampler ('ddpm' or 'ddim')")
+            raise ValueError(
+                "GDMP cannot use the 'sde' sampler with guidance: guidance shifts a DDIM-form "
+                "step's mean, the reverse SDE step has none (use 'ddpm' or 'ddim')"
+            )
         if clip_denoised is None:
             clip_denoised = sampler != "sde"
+        guided = guidance != "none" and guidance_scale != 0
         super().__init__(
             diffusion,
             t_star=t_star,
@@ -100,33 +134,20 @@ class GDMP(Purifier):
             sampler=sampler,
             eta=eta,
             clip_denoised=clip_denoised,
+            guide=DistanceGuidance(guidance, float(guidance_scale)) if guided else None,
             generator=generator,
         )
         self.runs = runs
         self.guidance = guidance
         self.guidance_scale = float(guidance_scale)
 
-    def guide(self, x: torch.Tensor) -> Guide | None:
-        """GDMP's guided mean: mu - a sqrt(1 - abar_t) / sqrt(abar_t) var_t grad D(x_t, y_t).
-
-        y_t is the run's input x noised to level t with the step's guide draw; D is the mean
-        squared error or 1 - SSIM of *each sample* (official GDMP averages the MSE over the
-        batch, so one sample's guidance depends on its batch-mates: not copied). The scale
-        sqrt(1 - abar_t) / (m sqrt(abar_t)) is official GDMP's, with a = ``guidance_scale``
-        = 1/m.
-        """
-        if self.guidance == "none" or self.guidance_scale == 0:
-            return None
-        target = x if torch.is_grad_enabled() else x.detach()
-        diffusion = self.diffusion
-
-        def shift(x_t, t, var, rows, noise):
-            y_t = diffusion.q_sample(target[rows], t, noise)
-            abar = diffusion.schedule.abar(t, x_t.dtype).view(-1, 1, 1, 1)
-            scale = self.guidance_scale * ((1 - abar) / abar).sqrt()
-            return -scale * var * distance_gradient(self.guidance, x_t, y_t)
-
-        return shift
+    def stage_state(
+        self, x: torch.Tensor, generator: torch.Generator | None
+    ) -> dict[str, torch.Tensor]:
+        """The guidance target: the run's input x."""
+        if self.step_hooks is None or self.step_hooks.guide is None:
+            return {}
+        return {"target": x if torch.is_grad_enabled() else x.detach()}
 
 
 GNS_CIFAR10_STAGES = ((30, 30),) * 4 + ((50, 50),) * 2 + ((125, 125),) * 2

@@ -1,0 +1,338 @@
+"""The evaluation behind ``art-ssni evaluate``, as a library function.
+
+:func:`evaluate` resolves one :class:`~art_ssni.config.RunConfig` (a preset plus overrides),
+loads or takes the models and images (:mod:`art_ssni.sources`), builds one defended model per
+noise policy and one row per attack from the registries, runs them resumably
+(:class:`~art_ssni.evaluation.runner.Evaluation`) and writes ``results.json`` and
+``results.md``. The command line only parses its flags into these arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Overrides, RunConfig, resolve
+from .diffusion.model import DiffusionModel
+from .evaluation.registry import get_attack
+from .evaluation.runner import Evaluation, Row, barrier, clear_run_dir, mark_run_dir
+from .models.defended import DefendedClassifier
+from .noise import EPSNorm, ReferenceStats
+from .noise.registry import get_noise
+from .presets import Preset, get_preset
+from .purification.registry import get_method
+from .sources import Setup, Sources, load_setup, subset
+
+
+def build_defence(
+    config: RunConfig,
+    setup: Setup,
+    noise: str,
+    *,
+    eps_norm: EPSNorm | None = None,
+    generator: int | None = None,
+) -> DefendedClassifier:
+    """The configured method with the policy ``noise`` around the setup's models."""
+    defence, ssni = config.defence, config.ssni
+    spec = get_method(defence.method)
+    noise_spec = get_noise(noise)
+    if noise_spec.uses_scores and setup.stats is None:
+        raise ValueError(
+            f"{noise} needs reference statistics: pass --stats FILE (make one with "
+            "`art-ssni stats`)"
+        )
+    if noise_spec.uses_scores and eps_norm is None:
+        eps_norm = EPSNorm(setup.diffusion, ssni.num_levels)
+    policy = noise_spec.build(
+        spec.level(defence.settings),
+        eps_norm=eps_norm,
+        stats=setup.stats,
+        bias=ssni.bias_for(noise),
+        tau=ssni.tau,
+        bounds=ssni.bounds,
+    )
+    purifier = spec.build(
+        setup.diffusion,
+        defence.settings,
+        classifier=setup.classifier,
+        noise=policy,
+        gradient=defence.gradient,
+        sampler=defence.sampler,
+        generator=generator,
+    )
+    return DefendedClassifier(
+        purifier, setup.classifier, setup.mean, setup.std, purify_size=setup.purify_size
+    )
+
+
+def row_label(config: RunConfig, model: DefendedClassifier, noise: str) -> str:
+    """A row's defence label: "DiffPure (t*=100)", "DiffPure + SSNI-N", with the sampler
+    when it is not DDPM."""
+    label = get_method(config.defence.method).label
+    described = model.describe()
+    name = (
+        f"{label} (t*={described['t_star']})"
+        if noise == "fixed"
+        else f"{label} + {get_noise(noise).label}"
+    )
+    sampler = described.get("sampler") or "ddpm"
+    return name if sampler == "ddpm" else f"{name} [{sampler.upper()}]"
+
+
+def build_rows(config: RunConfig, setup: Setup) -> list[Row]:
+    """The undefended row (under the first attack that is not selector-aware) and, per noise
+    policy, one row per attack, plus one in-loop row per criterion where the attack has
+    them and ``judge_draws`` > 0. The selector-aware attack applies to policies with
+    scores only."""
+    attack = config.attack
+    rows = []
+    if config.baseline:
+        first = next((a for a in attack.attacks if not get_attack(a).needs_scores), "pgd-eot")
+        key = "none-pgd" if first == "pgd-eot" else f"none-{first}"
+        undefended = DefendedClassifier(None, setup.classifier, setup.mean, setup.std)
+        budget = {**attack.budget(first), "eot": 1}
+        rows.append(Row(key, "No defence", undefended, first, budget))
+    uses_scores = any(get_noise(n).uses_scores for n in config.defence.noises)
+    eps_norm = (
+        EPSNorm(setup.diffusion, config.ssni.num_levels)
+        if uses_scores and setup.stats is not None
+        else None
+    )
+    for noise in config.defence.noises:
+        model = build_defence(config, setup, noise, eps_norm=eps_norm)
+        name = row_label(config, model, noise)
+        for attack_name in attack.attacks:
+            spec = get_attack(attack_name)
+            if spec.needs_scores and not get_noise(noise).uses_scores:
+                continue
+            key = f"{config.defence.method}-{noise}-{attack_name}"
+            budget = attack.budget(attack_name)
+            rows.append(Row(key, name, model, attack_name, budget))
+            if spec.in_loop and attack.judge_draws:
+                for criterion in attack.criteria:
+                    judged = {**budget, "judge_draws": attack.judge_draws, "criterion": criterion}
+                    rows.append(Row(f"{key}-{criterion}", name, model, attack_name, judged))
+    return rows
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.distributed.get_rank(), world
+
+
+def run_evaluation(
+    config: RunConfig,
+    setup: Setup,
+    *,
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any] | None:
+    """Evaluate ``config`` on ``setup``, resumably in ``out``; the results on rank 0 (``None``
+    on other ranks under ``torchrun``). ``config.runs`` > 1 repeats the evaluation with seeds
+    seed..seed+runs-1 on the same images (each in ``out/run_<k>``) and reports mean ± std."""
+    from .evaluation.report import combine_runs, format_table, write_report
+
+    device = torch.device(device)
+    setup.diffusion = setup.diffusion.to(device)
+    setup.classifier = setup.classifier.to(device)
+    index = subset(setup.x.shape[0], config.n_images, config.seed)
+    x, y = setup.x[index], setup.y[index]
+    rank, world = _distributed()
+    rows = build_rows(config, setup)
+    out = Path(out)
+    if overwrite and rank == 0:
+        clear_run_dir(out)
+    barrier(world)
+    record = config.as_dict()
+    inputs = {
+        "rows": [row.key for row in rows],
+        "indices": index.tolist(),
+        "stats": setup.stats.digest() if setup.stats is not None else None,
+    }
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {device}"
+    all_results = []
+    for run in range(config.runs):
+        run_out = out if config.runs == 1 else out / f"run_{run}"
+        seed = config.seed + run
+        fingerprint = {"config": record, "inputs": inputs, "run": run, "run_seed": seed}
+        evaluation = Evaluation(
+            run_out,
+            fingerprint,
+            batch_size=config.batch_size,
+            draws=config.draws,
+            seed=seed,
+            rank=rank,
+            world=world,
+            progress=progress,
+            save_adversarial=config.save_adversarial,
+        )
+        if rank == 0:
+            if config.runs > 1:
+                mark_run_dir(out)
+            evaluation.check_config()
+        barrier(world)
+        merged = evaluation.run(rows, x, y)
+        if rank == 0:
+            run_info = {"seed": seed, "processes": world, "machine": machine}
+            all_results.append({"config": record, "run": run_info, "rows": merged})
+    if rank != 0:
+        return None
+    if config.runs > 1:
+        for run, results in enumerate(all_results):
+            write_report(results, out / f"run_{run}")
+    results = all_results[0] if config.runs == 1 else combine_runs(all_results)
+    print(format_table(results))
+    written = write_report(results, out)
+    print("wrote " + ", ".join(str(p) for p in written.values()))
+    return results
+
+
+def prepare(
+    preset: Preset | str | None = None,
+    *,
+    diffusion: DiffusionModel | None = None,
+    classifier: torch.nn.Module | None = None,
+    x: torch.Tensor | None = None,
+    y: torch.Tensor | None = None,
+    stats: ReferenceStats | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    sources: Sources | None = None,
+    quick: bool = False,
+    **options: Any,
+) -> tuple[RunConfig, Setup]:
+    """The resolved configuration and the models and images of an evaluation (see
+    :func:`evaluate` for the arguments); nothing is run."""
+    own = [v is not None for v in (diffusion, classifier, x, y)]
+    if any(own) and not all(own):
+        raise ValueError("give all of diffusion, classifier, x and y, or none of them")
+    overrides = Overrides.from_options(**options)
+    if preset is None:
+        if not all(own):
+            raise ValueError("name a preset (art_ssni.presets.list_presets()) or give your models")
+        missing = [name for name in ("eps", "t_star") if getattr(overrides, name) is None]
+        if missing:
+            raise ValueError(
+                f"your own models need a preset (the protocol to run) or explicit "
+                f"{' and '.join(missing)}; no default fits every data set"
+            )
+        preset = "cifar10-linf"
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    if all(own):
+        setup = Setup("user", diffusion, classifier, x, y, stats, mean, std)
+    else:
+        setup = load_setup(
+            preset,
+            sources or Sources(),
+            n_images=overrides.n_images,
+            seed=overrides.seed or 0,
+            convention=overrides.convention,
+        )
+    config = resolve(preset, overrides, quick=quick, available=int(setup.x.shape[0]))
+    if all(own):
+        config = replace(config, dataset="user")
+    return config, setup
+
+
+def evaluate(
+    preset: Preset | str | None = None,
+    *,
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+    **arguments: Any,
+) -> dict[str, Any] | None:
+    """Attack and evaluate a defence; returns the results dict (``None`` on ranks other
+    than 0 under ``torchrun``).
+
+    ``preset`` names the setting (``art_ssni.presets.list_presets()``) or is a
+    :class:`~art_ssni.presets.Preset`. Without your own models it loads the preset's
+    (``sources=Sources(...)`` for a paper preset's checkpoints and data). With your own
+    ``diffusion``, ``classifier``, ``x`` and ``y`` (images in [0, 1]; ``mean``/``std`` if the
+    classifier expects normalised input; ``stats`` for SSNI) the preset supplies only the
+    protocol; with no preset, pass ``eps`` and ``t_star`` and the SSNI paper's CIFAR-10
+    protocol (cifar10-linf: PGD-EOT with 200 iterations of 0.007 and 20 EOT draws, the
+    published method settings) supplies the rest. ``quick=True`` is the preset's smoke run.
+    Every other keyword is an :class:`~art_ssni.config.Overrides` field
+    (``noises="fixed,ssni-n"``, ``attacks="pgd-eot"``, ``eps=8/255``, ``t_star=100``,
+    ``runs=3``, ``baseline=False``, ...). Results are written to ``out`` (resumable).
+    """
+    config, setup = prepare(preset, **arguments)
+    return run_evaluation(
+        config, setup, out=out, overwrite=overwrite, progress=progress, device=device
+    )
+
+
+def sanity(
+    preset: Preset | str,
+    *,
+    noise: str = "ssni-n",
+    sources: Sources | None = None,
+    quick: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    **options: Any,
+) -> dict[str, Any]:
+    """Gradient-masking checks (:func:`~art_ssni.evaluation.sanity.sanity_checks`) on the
+    preset's method with the policy ``noise``, attacked with the preset's budget; the
+    report names the defence and its gradient mode."""
+    import sys
+
+    from .evaluation.sanity import sanity_checks
+
+    config, setup = prepare(preset, sources=sources, quick=quick, noises=(noise,), **options)
+    device = torch.device(device)
+    setup.diffusion, setup.classifier = setup.diffusion.to(device), setup.classifier.to(device)
+    index = subset(setup.x.shape[0], config.n_images, config.seed)
+    x, y = setup.x[index].to(device), setup.y[index].to(device)
+    defended = build_defence(config, setup, noise)
+    defended.reseed(config.seed)
+    undefended = DefendedClassifier(None, setup.classifier, setup.mean, setup.std)
+    attack = config.attack
+    report = sanity_checks(
+        defended, undefended, x, y, norm=attack.norm, eps=attack.eps, step=attack.step,
+        iterations=attack.iterations, eot=attack.eot, draws=config.draws, seed=config.seed,
+        progress=(lambda text: print(text, file=sys.stderr, flush=True)) if progress else None,
+    )  # fmt: skip
+    return {**report, "defence": defended.describe(), "gradient": config.defence.gradient}
+
+
+def reference_stats(
+    preset: Preset | str,
+    *,
+    sources: Sources | None = None,
+    n_images: int = 5000,
+    num_levels: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    convention: str | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> ReferenceStats:
+    """The EPS-norm statistics of ``n_images`` clean training images of the preset (T' =
+    ``num_levels``, default the preset's), which SSNI's policies compare inputs against."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    setup = load_setup(preset, sources or Sources(), split="train", n_images=n_images,
+                       seed=seed, convention=convention)  # fmt: skip
+    index = subset(setup.x.shape[0], min(n_images, setup.x.shape[0]), seed)
+    diffusion = setup.diffusion.to(torch.device(device))
+    eps_norm = EPSNorm(diffusion, num_levels or preset.ssni.num_levels)
+    return ReferenceStats.from_images(
+        eps_norm, setup.x[index], batch_size=batch_size, generator=seed, progress=progress
+    )

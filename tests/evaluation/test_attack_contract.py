@@ -1,0 +1,111 @@
+"""The contract every registered attack keeps (``art_ssni.evaluation.registry.ATTACKS``).
+
+Each entry is run with the budget keywords its spec says it takes, on a real randomised
+defence (DiffPure with SSNI-N around tiny networks) and on a deterministic one.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from art_ssni import DiffPure, EPSNorm, SSNISigmoid
+from art_ssni.config import AttackConfig
+from art_ssni.evaluation.registry import ATTACKS
+from art_ssni.models.defended import DefendedClassifier
+
+from tiny import TinyClassifier
+
+BUDGET = AttackConfig(eps=0.03, step=0.01, iterations=3, eot=1, max_rows=64)
+
+
+def _defended(diffusion, stats) -> DefendedClassifier:
+    policy = SSNISigmoid(EPSNorm(diffusion, num_levels=5), stats, 10, tau=max(stats.std, 1e-3))
+    purifier = DiffPure(diffusion, noise=policy, t_star=10, steps=2, surrogate_steps=1)
+    return DefendedClassifier(purifier, TinyClassifier())
+
+
+def _run(name: str, model: nn.Module, x, y, budget: AttackConfig = BUDGET, **extra):
+    return ATTACKS[name].run(model, x, y, generator=0, **budget.budget(name), **extra)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_stays_in_the_ball_and_the_box(name, norm, diffusion, stats, images):
+    budget = AttackConfig(norm=norm, eps=0.03 if norm == "Linf" else 0.5, step=0.01,
+                          iterations=2, eot=1, max_rows=64)  # fmt: skip
+    model = _defended(diffusion, stats)
+    y = torch.arange(images.shape[0]) % 10
+    x_adv = _run(name, model, images, y, budget)
+    delta = (x_adv - images).flatten(1)
+    size = delta.abs().max(1).values if norm == "Linf" else delta.norm(dim=1)
+    assert x_adv.shape == images.shape
+    assert bool((size <= budget.eps + 1e-5).all())
+    assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_same_seed_same_examples(name, diffusion, stats, images):
+    y = torch.arange(images.shape[0]) % 10
+    runs = []
+    for _ in range(2):
+        model = _defended(diffusion, stats)
+        model.reseed(3)
+        runs.append(_run(name, model, images, y))
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+
+
+class Scores:
+    """A differentiable stand-in for SSNI's EPS norm, for the selector-aware attack."""
+
+    t_star = 10
+
+    def scores(self, x: torch.Tensor, generator=None) -> torch.Tensor:
+        return x.flatten(1).norm(dim=1)
+
+    def __call__(self, x: torch.Tensor, generator=None) -> torch.Tensor:
+        return torch.full((x.shape[0],), self.t_star, dtype=torch.long)
+
+
+class SmoothPurifier(nn.Module):
+    """A deterministic, non-linear stand-in for a purifier with a scored policy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gradient = "full"
+        self.noise = Scores()
+        torch.manual_seed(1)
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, generator=None) -> torch.Tensor:
+        return torch.sigmoid(self.conv(x) + x)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in ATTACKS.items() if s.in_loop))
+def test_in_loop_never_weaker_than_one_shot(name):
+    # On a deterministic defence the trajectory does not depend on judging and the one-shot
+    # answer is one of the judged iterates, so in-loop judging fools every sample it fools.
+    torch.manual_seed(0)
+    classifier = TinyClassifier()
+    x = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    y = classifier(x).argmax(1)
+    model = DefendedClassifier(SmoothPurifier(), classifier)
+    x_one = _run(name, model, x, y)
+    x_loop = _run(name, model, x, y, judge_draws=1, criterion="worst")
+    with torch.no_grad():
+        fooled_one = model(x_one).argmax(1) != y
+        fooled_loop = model(x_loop).argmax(1) != y
+    assert bool((fooled_loop | ~fooled_one).all())
+    assert int(fooled_one.sum()) > 0
+
+
+def test_every_attack_declares_keywords_its_function_takes():
+    import inspect
+
+    for name, spec in ATTACKS.items():
+        params = inspect.signature(spec.run).parameters
+        takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        keywords = {"selector_weight": "weight"}
+        for key in spec.takes:
+            assert takes_all or keywords.get(key, key) in params, (name, key)
