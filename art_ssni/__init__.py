@@ -7,6 +7,7 @@ Layers (dependencies point one way): ``diffusion`` (schedule, model, sampler) <-
 the command line).
 """
 
+from .config import RunConfig, resolve
 from .diffusion import DiffusionModel, VPSchedule
 from .models.defended import DefendedClassifier
 from .noise import (
@@ -18,9 +19,8 @@ from .noise import (
     SSNILinear,
     SSNISigmoid,
 )
-from .purification import DAC, GDMP, GNS, DiffPure, MANIPure, Purifier
-from .config import RunConfig, resolve
 from .pipeline import evaluate
+from .purification import DAC, GDMP, GNS, DiffPure, MANIPure, Purifier
 
 __version__ = "0.1.0"
 

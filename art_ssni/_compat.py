@@ -1,4 +1,4 @@
-"""Import shims for the environment's known packaging defects (DESIGN section 8).
+"""Import shims for the packaging defects of torch 2.13 CPU with torchvision 0.28.
 
 The torchvision 0.28.0 wheel is a CUDA build: next to a CPU-only torch its compiled ops
 are missing and ``import torchvision`` fails on registering fake kernels for

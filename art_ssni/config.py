@@ -203,9 +203,8 @@ def resolve(
     config = preset.run
     method = overrides.method or config.defence.method
     if method != config.defence.method:
-        config = replace(
-            config, defence=replace(config.defence, method=method, settings=preset.method(method))
-        )
+        get_method(method)
+        config = replace(config, defence=preset.defence(method))
     layers = [(SMOKE, False), (preset.quick, False)] if quick else []
     for layer, strict in [*layers, (overrides, True)]:
         config = _apply(config, layer, strict=strict)

@@ -19,6 +19,7 @@ from .diffusion.model import DiffusionModel
 from .purification.engine import Purifier
 from .purification.heterogeneous import DAC, MANIPure
 from .purification.methods import GDMP, GNS, DiffPure
+from .purification.registry import get_method
 
 
 class _PurificationPreprocessor(PreprocessorPyTorch):
@@ -141,6 +142,17 @@ class _PurificationPreprocessor(PreprocessorPyTorch):
                 "PyTorchClassifier(..., clip_values=(0, 1)), or give this defence "
                 "clip_values=(0, 1)"
             ) from err
+
+
+class PurificationPyTorch(_PurificationPreprocessor):
+    """ART defence for any registered method (``art_ssni.purification.registry.METHODS``):
+    ``PurificationPyTorch(diffusion, method="dac", classifier=..., mask_layers=...)``; the
+    other keyword arguments pass to the method's constructor."""
+
+    def __init__(self, diffusion: DiffusionModel, *, method: str, **kwargs: Any) -> None:
+        self.method = method
+        self.purifier_class = get_method(method).cls
+        super().__init__(diffusion, **kwargs)
 
 
 class DiffPurePyTorch(_PurificationPreprocessor):

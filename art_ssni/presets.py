@@ -191,8 +191,8 @@ def _cifar10_embedded() -> Preset:
         settings=dataclasses.replace(paper[0].settings, steps=20, surrogate_steps=5),
         gradient="full",
     )
-    biases = tuple((noise, float(chosen[f"bias_{noise.replace('-', '_')}"]))
-                   for noise in ("ssni-l", "ssni-n") if f"bias_{noise.replace('-', '_')}" in chosen)  # fmt: skip
+    card_keys = {"ssni-l": "bias_ssni_l", "ssni-n": "bias_ssni_n"}
+    biases = tuple((noise, float(chosen[key])) for noise, key in card_keys.items() if key in chosen)
     return _preset(
         "cifar10-embedded",
         "CIFAR-10 (embedded): the shipped classifier, diffusion model and 512 test images",

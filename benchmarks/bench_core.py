@@ -11,7 +11,7 @@ autograd graph keeps for the backward pass (saved-tensor hooks, exact and device
 with checkpointing the backward also holds one recomputed network call's activations at a
 time, so the peak is estimated as graph + one call (measured the same way).
 
-The engine overhead (issue 13, item 6) replays the exact network calls a purification made
+The engine overhead replays the exact network calls a purification made
 (same inputs, same labels, same row counts) on the bare network and reports engine time / bare
 time for DiffPure, DiffPure + SSNI-N and GNS at ``--overhead-batch`` on small 8x8 networks;
 the remainder above 1 is the sampler's and engine's own work (noise draws, schedule lookups,

@@ -1,4 +1,4 @@
-"""Purification speed at real size against the FLOP floor (issue 13).
+"""Purification speed at real size against the FLOP floor.
 
 Random weights in the real architectures (score_sde DDPM++ at 32x32, guided-diffusion ADM at
 256x256), so nothing is downloaded. For each network and compute dtype it measures:
@@ -167,14 +167,6 @@ def flops_per_row(model: DiffusionModel) -> int:
     return int(counter.get_total_flops())
 
 
-def network_rows(purifier: Any, levels: torch.Tensor) -> int:
-    """Rows the engine sends through the network: sum over stages of min(K_s, t_i)."""
-    total = 0
-    for (_, steps), stage_levels in zip(purifier.stages, purifier.stage_levels(levels)):
-        total += int(stage_levels.clamp(max=steps).sum())
-    return total
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -277,7 +269,7 @@ def throughput_row(
     device = x.device
     with torch.no_grad():
         levels = purifier.levels(x, seeded(device))
-        rows = network_rows(purifier, levels)
+        rows = purifier.rows(levels)
         if isinstance(purifier.noise, SSNISigmoid):
             rows += x.shape[0] * purifier.noise.eps_norm.num_levels
         call = lambda: purifier(x, seeded(device))  # noqa: E731

@@ -1,10 +1,10 @@
 """Memory of one exact (``full``) gradient through DiffPure on the embedded digits default.
 
 Compares checkpointing the whole reverse step (the engine) with checkpointing only the network
-call (the engine before issue 13 item 5, emulated by a model whose ``eps`` is checkpointed and
-a chain run without step checkpointing). Each configuration runs in a fresh process, which
-reports the bytes the autograd graph saves (saved-tensor hooks, exact) and its peak resident
-memory above the level before the gradient (``ru_maxrss``, Linux).
+call (the engine before it checkpointed whole steps, emulated by a model whose ``eps`` is
+checkpointed and a chain run without step checkpointing). Each configuration runs in a fresh
+process, which reports the bytes the autograd graph saves (saved-tensor hooks, exact) and its
+peak resident memory above the level before the gradient (``ru_maxrss``, Linux).
 
     python benchmarks/bench_step_memory.py    # writes benchmarks/results/step_memory.json
 """

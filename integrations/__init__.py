@@ -1,6 +1,7 @@
 """Adapters to torchattacks and RobustBench.
 
-``torchattacks_adapter``: the engine's adaptive attacks as ``torchattacks.Attack`` classes and
+``torchattacks_adapter``: the engine's adaptive attacks as ``torchattacks.Attack`` classes (every
+registered attack through :class:`RegisteredAttack`) and
 :class:`EOTAttack`, which judges success over several draws of a randomised defence.
 ``robustbench_adapter``: zoo classifiers from local files, purified models, and
 ``benchmark_purified`` (AutoAttack rand re-judged over draws, RobustBench-format results).
@@ -19,7 +20,14 @@ from .robustbench_adapter import (
     purified_model,
     write_model_info,
 )
-from .torchattacks_adapter import BPDAEOT, JUDGES, PGDEOT, EOTAttack, SelectorAwarePGD
+from .torchattacks_adapter import (
+    BPDAEOT,
+    JUDGES,
+    PGDEOT,
+    EOTAttack,
+    RegisteredAttack,
+    SelectorAwarePGD,
+)
 
 import_torchvision()  # robustbench imports torchvision, which needs the shim on a CPU torch
 install_autoattack()
@@ -31,6 +39,7 @@ __all__ = [
     "PGDEOT",
     "BenchmarkResult",
     "EOTAttack",
+    "RegisteredAttack",
     "SelectorAwarePGD",
     "benchmark_purified",
     "import_robustbench",

@@ -36,12 +36,13 @@ from art_ssni.evaluation.attacks import (
     pgd_eot,
     selector_aware_pgd,
 )
+from art_ssni.evaluation.registry import get_attack
 from art_ssni.io import atomic_torch_save
 from art_ssni.models.defended import DefendedClassifier
 
 JUDGES = ("vote", "worst")
 
-__all__ = ["BPDAEOT", "EOTAttack", "JUDGES", "PGDEOT", "SelectorAwarePGD"]
+__all__ = ["BPDAEOT", "EOTAttack", "JUDGES", "PGDEOT", "RegisteredAttack", "SelectorAwarePGD"]
 
 
 def _check_normalisation(attack: Attack) -> None:
@@ -189,6 +190,39 @@ class SelectorAwarePGD(PGDEOT):
 
     def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return selector_aware_pgd(model, images, labels, weight=self.weight, **self._kwargs())
+
+
+class RegisteredAttack(Attack):
+    """Any attack of ``art_ssni.evaluation.registry.ATTACKS`` as a torchattacks attack:
+    ``RegisteredAttack(model, "apgd-eot", eps=8/255, iterations=10, eot=2, seed=0)``. The
+    budget keywords are those the attack's spec takes (``weight`` for the selector-aware
+    attack's ``selector_weight``); another keyword raises a ValueError naming it."""
+
+    def __init__(
+        self, model: nn.Module, name: str, *, seed: SeedLike = None, **budget: object
+    ) -> None:
+        super().__init__(f"RegisteredAttack({name})", model)
+        self.spec = get_attack(name)
+        allowed = {"weight" if k == "selector_weight" else k for k in self.spec.takes}
+        allowed |= {"judge_draws", "criterion"} if self.spec.in_loop else set()
+        unknown = sorted(set(budget) - allowed)
+        if unknown:
+            raise ValueError(f"{name} takes {sorted(allowed)}, not {unknown}")
+        self.budget, self.seed = budget, seed
+        self.supported_mode = ["default", "targeted"]
+
+    def set_normalization_used(self, mean, std) -> None:  # noqa: ANN001 (torchattacks' API)
+        _refuse_normalisation(self)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        _check_normalisation(self)
+        images = images.clone().detach().to(self.device)
+        labels = labels.clone().detach().to(self.device)
+        model: nn.Module = self.model
+        if self.targeted:
+            model = _TargetedObjective(self.model, self.get_target_label(images, labels))
+            labels = torch.zeros_like(labels)
+        return self.spec.run(model, images, labels, generator=self.seed, **self.budget)
 
 
 class EOTAttack(Attack):

@@ -1,5 +1,5 @@
 """Heterogeneous noise: the sampler's new mechanisms, AttentionMask, SpectralNoise, DAC and
-MANI-Pure (issue 10, item 9)."""
+MANI-Pure."""
 
 from __future__ import annotations
 

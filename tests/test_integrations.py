@@ -14,12 +14,14 @@ from art_ssni import DiffPure, EPSNorm, SSNISigmoid
 from art_ssni.evaluation import aggregate, gradient_mode, predict_draws
 from art_ssni.evaluation import autoattack as aa_module
 from art_ssni.evaluation.autoattack import autoattack_rand, format_eps
+from art_ssni.evaluation.registry import ATTACKS as ATTACK_SPECS
 from art_ssni.models.defended import DefendedClassifier
 from integrations import (
     BPDAEOT,
     MODEL_INFO_FIELDS,
     PGDEOT,
     EOTAttack,
+    RegisteredAttack,
     SelectorAwarePGD,
     benchmark_purified,
     load_classifier,
@@ -414,3 +416,30 @@ def test_benchmark_writes_robustbench_model_info(setup, tmp_path):
         benchmark_purified(weak, x=x, y=y, to_disk=True)
     with pytest.raises(ValueError, match="info"):
         benchmark_purified(weak, x=x, y=y, info={"clean_acc": "99.00"})
+
+
+@pytest.mark.parametrize("name", sorted(ATTACK_SPECS))
+def test_registered_attack_runs_every_registry_entry_as_torchattacks(name, diffusion, stats):
+    classifier = TinyClassifier()
+    policy = SSNISigmoid(EPSNorm(diffusion, num_levels=5), stats, 3, tau=max(stats.std, 1e-3))
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    y = classifier(x).argmax(1)
+    budget = {"norm": "Linf", "eps": EPS, "iterations": 2, "eot": 1}
+    spec = ATTACK_SPECS[name]
+    budget.update({k: v for k, v in (("step", 0.05), ("restarts", 1)) if k in spec.takes})
+    if "selector_weight" in spec.takes:
+        budget["weight"] = 0.5
+    outputs = []
+    for wrapped in (True, False):
+        model = DefendedClassifier(
+            DiffPure(diffusion, noise=policy, t_star=3, steps=1, surrogate_steps=1), classifier
+        )
+        model.reseed(0)
+        if wrapped:
+            outputs.append(RegisteredAttack(model, name, seed=1, **budget)(x, y))
+        else:
+            outputs.append(spec.run(model, x, y, generator=1, **budget))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    assert float((outputs[0] - x).abs().max()) <= EPS + 1e-6
+    with pytest.raises(ValueError, match="not \\['alpha'\\]"):
+        RegisteredAttack(model, name, alpha=0.1)

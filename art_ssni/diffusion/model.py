@@ -47,7 +47,7 @@ def level_time_label(t: torch.Tensor) -> torch.Tensor:
 
 
 CONVENTIONS = ("as-trained", "lee-kim", "diffpure-sde")
-"""How a network is queried at level t: which abar and which time label (DESIGN section 9).
+"""How a network is queried at level t: which abar and which time label.
 
 - "as-trained": as the network was trained. score_sde: continuous VP abar, label 999 t/N
   (score_sde's get_score_fn, EPS-AD); DDPM-family (guided-diffusion, diffusers): discrete
@@ -88,7 +88,7 @@ class DiffusionModel(nn.Module):
     which the first C are eps (learned variance, as guided-diffusion). ``time_label`` maps our
     integer levels to the network's own time input (default: the DDPM 0-based index).
 
-    Speed options (issue 13) change only the network call; eps comes back in the sampler's
+    Speed options change only the network call; eps comes back in the sampler's
     dtype (float32), so results move at most by the precision bound in benchmarks/README.md:
 
     - ``compute_dtype`` (float32, bfloat16 or float16) runs the network body in that type. A
@@ -124,7 +124,7 @@ class DiffusionModel(nn.Module):
         self._fingerprint: str | None = None
         self._set_speed_options(compute_dtype, channels_last, compile, cuda_graphs)
 
-    # --- speed options (issue 13) ---------------------------------------------------------
+    # --- speed options ----------------------------------------------------------------
 
     def _set_speed_options(
         self,

@@ -39,6 +39,14 @@ behind :class:`~art_ssni.models.NormalizedClassifier` (``layer1``..``layer4``), 
 embedded digits :class:`~art_ssni.models.SmallCNN` (the last ReLU of each conv stage)."""
 
 
+def _floating_dtype(module: nn.Module, default: torch.dtype) -> torch.dtype:
+    """The dtype of the module's first floating parameter (its input dtype), else ``default``."""
+    for param in module.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return default
+
+
 class AttentionMask:
     """``mask(x)`` for images x in [0, 1] (B, C, H, W) -> float 0/1 tensor (B, 1, H, W).
 
@@ -112,7 +120,7 @@ class AttentionMask:
         try:
             self.classifier.eval()
             with torch.no_grad():
-                self.classifier(inp)
+                self.classifier(inp.to(_floating_dtype(self.classifier, inp.dtype)))
         finally:
             for handle in handles:
                 handle.remove()

@@ -1,0 +1,126 @@
+"""The run configuration: one merge (``resolve``), its order, its rules and its checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from art_ssni.config import SMOKE, AttackConfig, Overrides, RunConfig, resolve, smoke_step
+from art_ssni.presets import get_preset, list_presets
+
+
+def test_a_preset_resolves_to_its_own_run():
+    for name in list_presets():
+        assert resolve(name) == get_preset(name).run
+
+
+def test_smoke_sizes_then_the_presets_then_the_users():
+    digits = resolve("digits", quick=True)
+    assert (digits.n_images, digits.draws, digits.batch_size) == (32, 3, 32)
+    assert (digits.attack.iterations, digits.attack.eot, digits.attack.judge_draws) == (3, 2, 2)
+    assert digits.smoke and not resolve("digits").smoke
+    cifar = resolve("cifar10-embedded", quick=True)
+    assert (cifar.n_images, cifar.draws, cifar.attack.iterations) == (4, 2, 2)
+    assert (cifar.defence.settings.steps, cifar.defence.settings.surrogate_steps) == (5, 2)
+    user = resolve("cifar10-embedded", Overrides(n_images=8, iterations=7), quick=True)
+    assert (user.n_images, user.attack.iterations, user.draws) == (8, 7, 2)
+    assert SMOKE.given() == {
+        "iterations": 3, "eot": 2, "n_images": 32, "draws": 3, "batch_size": 32, "judge_draws": 2,
+    }  # fmt: skip
+
+
+def test_smoke_step_crosses_the_ball_unless_a_step_is_given():
+    quick = resolve("digits", quick=True).attack
+    assert quick.step == pytest.approx(smoke_step(0.2, 3)) == pytest.approx(2.5 * 0.2 / 3)
+    assert quick.step * quick.iterations >= quick.eps
+    assert resolve("digits", Overrides(step=0.01), quick=True).attack.step == 0.01
+    assert resolve("digits").attack.step == 0.025
+
+
+def test_method_knobs_reach_each_method_through_its_spec():
+    config = resolve("digits", Overrides(method="gdmp", t_star=40, steps=8))
+    assert (config.defence.settings.t_star, config.defence.settings.steps) == (40, 8)
+    assert config.defence.settings.runs == 4  # the constructor's default, kept
+    dac = resolve("digits", Overrides(method="dac", t_star=40, steps=5)).defence.settings
+    assert (dac.t_large, dac.t_small, dac.stride) == (40, 20, 8)  # ratio 1/2, ceil(40 / 5)
+    dac = resolve("cifar10-linf", Overrides(method="dac", t_star=150)).defence.settings
+    assert (dac.t_large, dac.t_small) == (150, 75)
+    with pytest.raises(ValueError, match="gns runs its published stage schedule"):
+        resolve("digits", Overrides(method="gns", steps=5))
+    gns = resolve("digits", Overrides(method="gns"), quick=True).defence.settings
+    assert gns == get_preset("digits").method("gns")  # smoke sizes leave the schedule alone
+
+
+def test_switching_method_takes_that_methods_defence():
+    cifar = resolve("cifar10-embedded", Overrides(method="gdmp"))
+    assert cifar.defence.method == "gdmp" and cifar.defence.gradient == "surrogate"
+    assert resolve("cifar10-embedded").defence.gradient == "full"
+    with pytest.raises(ValueError, match="no setting for method 'dac'"):
+        resolve("cifar10-l2", Overrides(method="dac"))
+
+
+def test_bias_replaces_every_per_policy_bias():
+    ssni = resolve("cifar10-embedded").ssni
+    assert ssni.bias_for("ssni-l") == -10.0 and ssni.bias_for("ssni-n") == -10.0
+    ssni = resolve("cifar10-embedded", Overrides(bias=2.0)).ssni
+    assert ssni.biases == () and ssni.bias_for("ssni-l") == ssni.bias_for("ssni-n") == 2.0
+
+
+def test_images_are_capped_to_the_data_unless_asked_for():
+    assert resolve("digits", available=50).n_images == 50
+    assert resolve("digits", available=500).n_images == 128
+    with pytest.raises(ValueError, match="asked for 600 images but the data holds only 500"):
+        resolve("digits", Overrides(n_images=600), available=500)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (Overrides(attacks=("pgd",)), "attacks: unknown"),
+        (Overrides(noises=("ssni",)), "noises: unknown"),
+        (Overrides(norm="L1"), "norm: unknown"),
+        (Overrides(gradient="exact"), "gradient: unknown"),
+        (Overrides(sampler="euler"), "sampler: unknown"),
+        (Overrides(eps=0.0), "eps must lie in"),
+        (Overrides(step=-1.0), "step must be a positive"),
+        (Overrides(iterations=0), "iterations must be an integer >= 1"),
+        (Overrides(judge_draws=-1), "judge_draws must be an integer >= 0"),
+        (Overrides(tau=float("nan")), "tau must be a positive"),
+        (Overrides(draws=True), "draws must be an integer"),
+        (Overrides(method="adp"), "unknown method 'adp'"),
+    ],
+)
+def test_a_setting_that_cannot_run_is_named(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        resolve("digits", overrides)
+
+
+def test_overrides_from_options_name_unknown_options_and_split_lists():
+    options = Overrides.from_options(noises="fixed, ssni-n", attacks=["pgd-eot"])
+    assert options.noises == ("fixed", "ssni-n") and options.attacks == ("pgd-eot",)
+    with pytest.raises(ValueError, match="unknown options \\['noise'\\]"):
+        Overrides.from_options(noise="fixed")
+
+
+def test_the_record_is_plain_json_and_round_trips_the_values():
+    config = resolve("cifar10-linf", Overrides(method="gns"))
+    record = json.loads(json.dumps(config.as_dict()))
+    assert record["defence"]["settings"]["stages"][0] == [30, 30]
+    assert record["attack"] == {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in dataclasses.asdict(config.attack).items()
+    }
+    assert record["preset"] == "cifar10-linf" and record["smoke"] is False
+
+
+def test_configs_are_frozen_and_budgets_follow_the_attack_registry():
+    config = resolve("digits")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 1
+    assert isinstance(config, RunConfig)
+    budget = AttackConfig(selector_weight=0.25).budget("selector-aware")
+    assert budget["weight"] == 0.25 and "selector_weight" not in budget
+    assert "step" not in AttackConfig().budget("apgd-eot")
+    assert set(AttackConfig().budget("autoattack")) == {"norm", "eps", "iterations", "eot"}
