@@ -272,13 +272,14 @@ def evaluate(
 ) -> dict[str, Any] | None:
     """:func:`art_ssni.evaluate` on your own models and tensors (kept for older callers): the
     command's flag names are accepted (``noise=``, ``attack=``, ``criterion=``,
-    ``no_baseline=True``), and ``preset=`` names the protocol."""
+    ``no_baseline=True``, ``no_progress=True``), and ``preset=`` names the protocol."""
     from .pipeline import evaluate as run
 
     renamed = {"noise": "noises", "attack": "attacks", "criterion": "criteria"}
     options = {renamed.get(k, k): v for k, v in options.items()}
-    if "no_baseline" in options:
-        options["baseline"] = not options.pop("no_baseline")
+    for flag, name in (("no_baseline", "baseline"), ("no_progress", "progress")):
+        if flag in options:
+            options[name] = not options.pop(flag)
     return run(options.pop("preset", None), diffusion=diffusion, classifier=classifier, x=x, y=y,
                out=out, **options)  # fmt: skip
 

@@ -192,9 +192,13 @@ def resolve(
     *,
     quick: bool = False,
     available: int | None = None,
+    reference_std: float | None = None,
 ) -> RunConfig:
     """The preset's configuration with the smoke sizes (``quick``) and ``overrides`` applied,
-    validated. ``available`` is the number of images the data holds: the preset's image count
+    validated. ``reference_std``, the standard deviation of the reference statistics'
+    EPS norms, becomes SSNI-N's tau where neither the preset nor the user sets one, so the
+    record holds the tau that runs. ``available`` is the number of images the data holds: the
+    preset's image count
     is capped to it unless ``n_images`` is given (then more than available is an error)."""
     from .presets import get_preset
 
@@ -214,6 +218,8 @@ def resolve(
             attack = config.attack
             step = max(attack.step, smoke_step(attack.eps, attack.iterations))
             config = replace(config, attack=replace(attack, step=step))
+    if config.ssni.tau is None and reference_std is not None:
+        config = replace(config, ssni=replace(config.ssni, tau=float(reference_std)))
     if available is not None and overrides.n_images is None:
         config = replace(config, n_images=min(config.n_images, available))
     check(config, available)

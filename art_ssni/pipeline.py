@@ -195,7 +195,11 @@ def run_evaluation(
     if config.runs > 1:
         for run, results in enumerate(all_results):
             write_report(results, out / f"run_{run}")
-    results = all_results[0] if config.runs == 1 else combine_runs(all_results)
+    if config.runs == 1:
+        results = all_results[0]
+    else:
+        seeds = [r["run"]["seed"] for r in all_results]
+        results = {**combine_runs(all_results), "run": {**all_results[0]["run"], "seed": seeds}}
     print(format_table(results))
     written = write_report(results, out)
     print("wrote " + ", ".join(str(p) for p in written.values()))
@@ -243,7 +247,10 @@ def prepare(
             seed=overrides.seed or 0,
             convention=overrides.convention,
         )
-    config = resolve(preset, overrides, quick=quick, available=int(setup.x.shape[0]))
+    std = setup.stats.std if setup.stats is not None else None
+    config = resolve(
+        preset, overrides, quick=quick, available=int(setup.x.shape[0]), reference_std=std
+    )
     if all(own):
         config = replace(config, dataset="user")
     return config, setup
@@ -268,8 +275,8 @@ def evaluate(
     classifier expects normalised input; ``stats`` for SSNI) the preset supplies only the
     protocol; with no preset, pass ``eps`` and ``t_star`` and the SSNI paper's CIFAR-10
     protocol (cifar10-linf: PGD-EOT with 200 iterations of 0.007 and 20 EOT draws, the
-    published method settings) supplies the rest. ``quick=True`` is the preset's smoke run.
-    Every other keyword is an :class:`~art_ssni.config.Overrides` field
+    published method settings, three runs) supplies the rest. ``quick=True`` is the preset's
+    smoke run. Every other keyword is an :class:`~art_ssni.config.Overrides` field
     (``noises="fixed,ssni-n"``, ``attacks="pgd-eot"``, ``eps=8/255``, ``t_star=100``,
     ``runs=3``, ``baseline=False``, ...). Results are written to ``out`` (resumable).
     """

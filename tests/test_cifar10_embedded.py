@@ -1,4 +1,4 @@
-"""The shipped CIFAR-10 models, images and statistics (issue 11), their preset and trainer."""
+"""The shipped CIFAR-10 models, images and statistics, their preset and trainer."""
 
 from __future__ import annotations
 
@@ -169,7 +169,7 @@ def test_cifar10_preset_quick_run(tmp_path) -> None:
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["dataset"] == "cifar10-embedded"
-    assert results["config"]["defence"]["t_star"] == 100
+    assert results["config"]["defence"]["settings"]["t_star"] == 100
     assert results["config"]["attack"]["eps"] == pytest.approx(8 / 255)
     rows = {row["key"]: row for row in results["rows"]}
     assert set(rows) == {
@@ -184,17 +184,15 @@ def test_cifar10_preset_quick_run(tmp_path) -> None:
 
 @pytest.mark.parametrize("method", ["gdmp", "gns", "dac", "mani-pure"])
 def test_cifar10_preset_builds_every_method_with_ssni(method, tmp_path) -> None:
-    from art_ssni.cli import _settings as settings_of
-    from art_ssni.cli import build_parser, build_rows
-    from art_ssni.sources import load_setup
+    from art_ssni.pipeline import build_rows
 
-    args = build_parser().parse_args(
+    from tiny import plan
+
+    config, setup = plan(
         ["evaluate", "--preset", "cifar10-embedded", "--method", method, "--quick",
          "--out", str(tmp_path), "--attack", "pgd-eot"]
     )  # fmt: skip
-    setup = load_setup(args)
-    settings = settings_of(args, setup)
-    rows = build_rows(args, setup, settings)
+    rows = build_rows(config, setup)
     purifiers = [row.model.purifier for row in rows[1:]]
     assert [type(p.noise).__name__ for p in purifiers] == [
         "FixedNoise",

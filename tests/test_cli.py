@@ -9,8 +9,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+import art_ssni
+from art_ssni import DiffusionModel
+from art_ssni.cli import evaluate as cli_evaluate
 from art_ssni.cli import main
+from art_ssni.pipeline import build_rows
+
+from tiny import TinyClassifier, TinyEpsNet, plan
 
 SMALL = [
     "--n-images",
@@ -76,7 +83,8 @@ def test_evaluate_writes_table_report_and_plots(reference, capsys):
         "eps_norms.png",
     }
     fixed = rows[1]
-    assert fixed["gradient"] == "full" and fixed["levels_clean"] == [20] * 8
+    # levels: draws x images, the level of every image in each judging pass
+    assert fixed["gradient"] == "full" and fixed["levels_clean"] == [[20] * 8] * 2
     assert rows[0]["levels_clean"] is None and rows[0]["gradient"] == "n/a"
     for row in rows:
         assert 0 <= row["robust"]["worst"] <= row["robust"]["vote"] + 1e-9
@@ -128,15 +136,15 @@ def test_two_processes_equal_one(reference, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert _rows(out) == _rows(reference)
-    assert json.loads((out / "results.json").read_text())["config"]["processes"] == 2
+    assert json.loads((out / "results.json").read_text())["run"]["processes"] == 2
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["evaluate", "--preset", "mnist"], "unknown preset 'mnist'"),
-        (["evaluate", "--eps", "-1"], "epsilon must lie in"),
-        (["evaluate", "--eps", "abc"], "epsilon must be a number"),
+        (["evaluate", "--preset", "mnist"], "argument --preset: invalid choice: 'mnist'"),
+        (["evaluate", "--eps", "-1"], "expected a number in (0, 1], got '-1'"),
+        (["evaluate", "--eps", "abc"], "expected a number in (0, 1], got 'abc'"),
         (["evaluate", "--noise", "ssni-x"], "unknown ssni-x"),
         (["evaluate", "--preset", "cifar10-linf"], "needs --diffusion-checkpoint"),
         (
@@ -153,13 +161,13 @@ def test_two_processes_equal_one(reference, tmp_path):
             ],
             "/nope",
         ),
-        (["evaluate", "--stats", "/nope/stats.safetensors"], "no statistics file"),
+        (["evaluate", "--stats", "/nope/stats.safetensors"], "no such file or folder"),
         (["evaluate", "--criterion", "mean"], "unknown mean"),
     ],
 )
 def test_command_line_errors_are_clear(args, message):
     result = _run(args, timeout=300)
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -170,14 +178,11 @@ def test_resuming_with_other_settings_is_refused(reference, tmp_path):
 
 
 def test_in_loop_flags_add_rows_beside_the_one_shot_rows():
-    from art_ssni.cli import _settings, build_parser, build_rows, load_setup
-
-    args = build_parser().parse_args(
+    config, setup = plan(
         ["evaluate", "--noise", "fixed", "--attack", "pgd-eot,apgd-eot", "--judge-draws", "4"]
         + ["--criterion", "worst,vote", "--restarts", "2", "--device", "cpu"]
     )
-    setup = load_setup(args)
-    rows = build_rows(args, setup, _settings(args, setup))
+    rows = build_rows(config, setup)
     assert [r.key for r in rows] == [
         "none-pgd",
         "diffpure-fixed-pgd-eot",
@@ -194,3 +199,48 @@ def test_in_loop_flags_add_rows_beside_the_one_shot_rows():
     assert all(r.attack_kwargs["restarts"] == 2 for r in rows)
     assert all(r.attack_kwargs["max_rows"] == 256 for r in rows)
     assert "step" not in rows[4].attack_kwargs and "step" in rows[1].attack_kwargs
+
+
+def _own_models():
+    """A user's 3x32x32 diffusion model, classifier and two images (tiny networks)."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(2, 3, 32, 32, generator=g), torch.randint(0, 10, (2,), generator=g)
+    diffusion = DiffusionModel(TinyEpsNet(), image_shape=(3, 32, 32), name="mine")
+    return diffusion, TinyClassifier(size=32), x, y
+
+
+TINY_RUN = dict(n_images=2, batch_size=2, iterations=1, eot=1, draws=1, steps=2)
+TINY_RUN.update(surrogate_steps=1, progress=False)
+
+
+def test_own_models_without_a_preset_need_eps_and_t_star(tmp_path):
+    """With the user's own models and no preset, the evaluation refuses to guess a budget (the
+    digits toy's eps 0.2 and t* 60 fit no other data set) until eps and t_star are given; the
+    cifar10-linf protocol then supplies the rest and the given eps is the one recorded."""
+    diffusion, classifier, x, y = _own_models()
+    own = dict(diffusion=diffusion, classifier=classifier, x=x, y=y)
+    with pytest.raises(ValueError, match="preset.*explicit eps and t_star"):
+        art_ssni.evaluate(**own, out=tmp_path / "a")
+    with pytest.raises(ValueError, match="preset.*explicit t_star"):
+        art_ssni.evaluate(**own, out=tmp_path / "a", eps=8 / 255)
+    with pytest.raises(ValueError, match="preset.*explicit eps"):
+        cli_evaluate(diffusion, classifier, x, y, out=tmp_path / "b", t_star=5)
+    assert not (tmp_path / "a" / "results.json").exists()
+
+    api = art_ssni.evaluate(
+        **own, out=tmp_path / "api", eps=8 / 255, t_star=5, noises="fixed", attacks="pgd-eot",
+        baseline=False, **TINY_RUN,
+    )  # fmt: skip
+    cli = cli_evaluate(
+        diffusion, classifier, x, y, out=tmp_path / "cli", eps=8 / 255, t_star=5,
+        noise="fixed", attack="pgd-eot", no_baseline=True, **TINY_RUN,
+    )  # fmt: skip
+    for name, results in (("api", api), ("cli", cli)):
+        recorded = json.loads((tmp_path / name / "results.json").read_text())["config"]
+        assert recorded == results["config"]
+        assert recorded["attack"]["eps"] == pytest.approx(8 / 255)
+        assert recorded["attack"]["eps"] != pytest.approx(0.2)
+        assert recorded["defence"]["settings"]["t_star"] == 5
+        assert recorded["preset"] == "cifar10-linf" and recorded["dataset"] == "user"
+        assert [row["key"] for row in results["rows"]] == ["diffpure-fixed-pgd-eot"]
+        assert results["rows"][0]["max_delta_linf"] <= 8 / 255 + 1e-6

@@ -1,4 +1,6 @@
-"""Issue 9, items 10, 15, 16: --runs, PAPER.md commands, smoke runs, intervals, CLI extras."""
+"""Reports and command-line extras: PAPER.md's commands parse, Wilson intervals, --runs N
+(every run and their mean ± std, each resumable), --quick is a marked smoke run whose attack
+reaches epsilon, the baseline's attack, --save-adversarial, --version and --help."""
 
 import json
 import math
@@ -9,14 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from art_ssni.cli import _settings, build_parser, build_rows, load_setup, main, quick_step
+from art_ssni.cli import build_parser, main
+from art_ssni.config import smoke_step
 from art_ssni.evaluation.accuracy import intervals, wilson_interval
 from art_ssni.evaluation.report import combine_runs, to_markdown
 from art_ssni.evaluation.sanity import sanity_checks
 from art_ssni.models.defended import DefendedClassifier
+from art_ssni.pipeline import build_rows
 from art_ssni.presets import get_preset, list_presets
 
-from tiny import TinyClassifier
+from tiny import TinyClassifier, plan
 
 PAPER = Path(__file__).resolve().parents[1] / "benchmarks" / "PAPER.md"
 SMALL = ["--n-images", "4", "--batch-size", "4", "--iterations", "1", "--eot", "1"]
@@ -51,7 +55,7 @@ def test_every_paper_command_parses():
     assert samplers == list(get_preset("cifar10-sampler").samplers)
 
 
-# 16. Wilson intervals
+# Wilson intervals: known values, per aggregation, and over runs
 
 
 def test_wilson_interval_known_values():
@@ -92,14 +96,15 @@ def test_combine_runs_mean_and_sample_std():
     assert "75.0±25.0" in to_markdown(combined)
 
 
-# 10. --runs N
+# --runs N writes every run and their mean ± std, and each run resumes
 
 
 def test_runs_write_each_run_and_the_mean(tmp_path):
     out = tmp_path / "runs"
     assert main(["evaluate", *SMALL, "--runs", "2", "--out", str(out)]) == 0
     runs = [json.loads((out / f"run_{k}" / "results.json").read_text()) for k in range(2)]
-    assert [r["config"]["seed"] for r in runs] == [0, 1]
+    assert [r["run"]["seed"] for r in runs] == [0, 1]
+    assert [r["config"]["seed"] for r in runs] == [0, 0]  # the configured seed of the set
     combined = json.loads((out / "results.json").read_text())
     assert combined["config"]["runs"] == 2
     for index, row in enumerate(combined["rows"]):
@@ -116,16 +121,17 @@ def test_runs_write_each_run_and_the_mean(tmp_path):
     assert (out / ".art-ssni-run").is_file()  # so that --overwrite may clear the whole set
 
 
-# 15. --quick is an honest smoke run
+# --quick is an honest smoke run: marked, and its attack reaches epsilon
 
 
 def test_quick_step_reaches_eps_and_is_marked(tmp_path):
-    args = build_parser().parse_args(["evaluate", "--quick", "--out", str(tmp_path)])
-    settings = _settings(args, load_setup(args))
-    assert settings["step"] * settings["iterations"] >= settings["eps"]
-    assert settings["step"] == pytest.approx(quick_step(0.2, 3))
-    explicit = build_parser().parse_args(["evaluate", "--quick", "--step", "0.01", "--out", "o"])
-    assert _settings(explicit, load_setup(explicit))["step"] == 0.01
+    config, _ = plan(["evaluate", "--quick", "--out", str(tmp_path)])
+    attack = config.attack
+    assert config.smoke and (attack.eps, attack.iterations) == (0.2, 3)
+    assert attack.step * attack.iterations >= attack.eps
+    assert attack.step == pytest.approx(smoke_step(0.2, 3))
+    explicit, _ = plan(["evaluate", "--quick", "--step", "0.01", "--out", "o"])
+    assert explicit.attack.step == 0.01
     md = to_markdown({"config": {"smoke": True}, "rows": []})
     assert "Smoke run" in md
     assert "Smoke run" not in to_markdown({"config": {"smoke": False}, "rows": []})
@@ -145,19 +151,20 @@ def test_sanity_reports_progress():
     assert lines[-1] == "sanity attack 13/13: the undefended classifier"
 
 
-# 16. reports and CLI extras
+# reports and command-line extras
 
 
 def test_baseline_runs_under_the_asked_attack_and_tau_is_recorded(tmp_path):
-    args = build_parser().parse_args(
+    config, setup = plan(
         ["evaluate", "--attack", "bpda-eot", "--noise", "ssni-n", "--out", str(tmp_path)]
     )
-    setup = load_setup(args)
-    settings = _settings(args, setup)
-    assert settings["tau"] == setup.stats.std and settings["bias"] == 0
-    rows = build_rows(args, setup, settings)
+    assert config.ssni.tau == setup.stats.std  # the statistics' spread, recorded as run
+    assert config.ssni.bias_for("ssni-n") == 0
+    rows = build_rows(config, setup)
     assert (rows[0].key, rows[0].attack) == ("none-bpda-eot", "bpda-eot")
-    assert rows[1].model.purifier.noise.tau == settings["tau"]
+    policy = rows[1].model.purifier.noise
+    assert policy.tau == setup.stats.std and policy.bias == 0
+    assert f"tau={setup.stats.std:g}" in rows[1].model.describe()["noise"]  # in results.json
 
 
 def test_save_adversarial_and_intervals_in_results(tmp_path):
@@ -170,7 +177,7 @@ def test_save_adversarial_and_intervals_in_results(tmp_path):
     from art_ssni.data.digits import load_digits
 
     x, y = load_digits("test")
-    index = json.loads((out / "config.json").read_text())["indices"]
+    index = json.loads((out / "config.json").read_text())["inputs"]["indices"]
     assert torch.equal(saved["y"], y[index])
     delta = float((saved["x_adv"] - x[index]).abs().max())
     assert delta == pytest.approx(row["max_delta_linf"]) and 0 < delta <= 0.2 + 1e-6

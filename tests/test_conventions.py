@@ -1,4 +1,5 @@
-"""Issue 9, items 12-14: RobustBench's benchmark runs; ART and torchattacks conventions."""
+"""RobustBench's benchmark runs offline; the adapters follow ART's and torchattacks'
+conventions (keywords, clipping, channels-last, set_params, argument order, targeted modes)."""
 
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def test_upstream_constructor_and_return_value():
     assert bool((model(x_adv).argmax(1) != y).all())
 
 
-# 13. ART conventions
+# ART conventions
 
 
 def _art_defence(diffusion, **kwargs):
@@ -115,7 +116,7 @@ def test_voting_classifier_predicts_vote_fractions_and_averages_class_gradients(
     assert (classifier.class_gradient(x, label=0) == 3.0).all()  # mean of 1, 2, 6
 
 
-# 14. torchattacks conventions
+# torchattacks conventions
 
 
 def _ta_model(diffusion):

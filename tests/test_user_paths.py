@@ -1,4 +1,6 @@
-"""Issue 9, items 1-9: paths that destroyed data or gave silent wrong answers now refuse."""
+"""Paths that could destroy data or give silently wrong answers refuse, clearly and early:
+--overwrite, numeric parameters, policy levels, resumed units and statistics, GNS's schedule,
+dtypes, output folders and devices, and the user's own classifier and images."""
 
 import json
 import math
@@ -22,7 +24,7 @@ SMALL = ["--n-images", "4", "--batch-size", "4", "--iterations", "1", "--eot", "
 SMALL += ["--draws", "1", "--steps", "2", "--t-star", "5", "--no-progress"]
 
 
-# 1. --overwrite deletes only what a run of ours wrote
+# --overwrite deletes only what a run of ours wrote
 
 
 def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
@@ -46,7 +48,7 @@ def test_overwrite_clears_a_previous_run(tmp_path):
     assert (out / "results.json").is_file()
 
 
-# 2. every numeric parameter is validated
+# every numeric parameter is validated
 
 
 @pytest.mark.parametrize(
@@ -96,7 +98,7 @@ def test_check_number_accepts_valid_values():
         check_number(True, "flag")
 
 
-# 3. a policy's bad levels are an error; non-finite output raises
+# a policy's bad levels are an error; non-finite output raises
 
 
 class Levels:
@@ -142,7 +144,7 @@ def test_purifier_with_non_finite_output_raises(images):
         purifier(images.clone().requires_grad_(True))
 
 
-# 4. resume checks every unit file
+# resume checks every unit file
 
 
 def _evaluation(tmp_path, config=None):
@@ -210,7 +212,7 @@ def test_a_unit_missing_a_sample_is_recomputed(tmp_path):
     assert merged[0]["n"] == 6
 
 
-# 5. the statistics file is part of the configuration
+# the statistics file is part of the configuration
 
 
 def test_resuming_with_other_statistics_is_refused(tmp_path, capsys):
@@ -227,12 +229,12 @@ def test_resuming_with_other_statistics_is_refused(tmp_path, capsys):
     args = ["evaluate", *SMALL, "--noise", "ssni-n", "--attack", "pgd-eot", "--no-baseline"]
     assert main([*args, "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["stats"] == zoo.digest()
+    assert config["inputs"]["stats"] == zoo.digest()
     assert main([*args, "--out", str(out), "--stats", str(other)]) == 2
     assert "another configuration" in capsys.readouterr().err
 
 
-# 6. fingerprint of a network with a 0-dim parameter
+# fingerprint of a network with a 0-dim parameter
 
 
 class ScalarNet(TinyEpsNet):
@@ -255,26 +257,30 @@ def test_fingerprint_and_stats_with_a_scalar_parameter(images):
     assert stats.model == first
 
 
-# 7. --method gns refuses --t-star/--steps and records its schedule
+# --method gns refuses --t-star/--steps and records its schedule
 
 
 def test_gns_refuses_t_star_and_steps(tmp_path, capsys):
     code = main(["evaluate", "--method", "gns", "--t-star", "20", "--out", str(tmp_path / "o")])
     assert code == 2
-    assert "--t-star do not apply" in capsys.readouterr().err
+    assert "t_star do not apply" in capsys.readouterr().err
+    code = main(["evaluate", "--method", "gns", "--steps", "4", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "steps do not apply" in capsys.readouterr().err
 
 
 def test_gns_records_its_stage_schedule(tmp_path):
-    from art_ssni.cli import _settings, build_parser, load_setup
+    from art_ssni.pipeline import build_defence
 
-    args = build_parser().parse_args(["evaluate", "--method", "gns", "--out", str(tmp_path)])
-    setup = load_setup(args)
-    settings = _settings(args, setup)
-    assert settings["t_star"] == 125 and settings["steps"] is None
-    assert settings["stages"][-1] == [125, 125]
+    from tiny import plan
+
+    config, setup = plan(["evaluate", "--method", "gns", "--out", str(tmp_path)])
+    recorded = config.as_dict()["defence"]["settings"]  # as results.json records it
+    assert recorded["stages"][-1] == [125, 125] and "steps" not in recorded
+    assert build_defence(config, setup, "fixed").describe()["t_star"] == 125
 
 
-# 8. floating dtypes are cast; non-floating ones refused
+# floating dtypes are cast; non-floating ones refused
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
@@ -310,7 +316,7 @@ def test_integer_images_are_refused_with_value_error(diffusion):
         model(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
 
 
-# 9. errors arrive early and clearly
+# errors arrive early and clearly
 
 
 def test_sanity_and_stats_refuse_bad_outputs_before_work(tmp_path, capsys):
@@ -364,7 +370,7 @@ def test_number_helper_names_nan():
         check_number(math.nan, "bias")
 
 
-# 11. your own classifier and data; checkpoints the default would ignore are refused
+# your own classifier and data; checkpoints the default would ignore are refused
 
 
 def test_default_preset_refuses_checkpoints(tmp_path, capsys):
@@ -397,7 +403,7 @@ def test_own_classifier_data_and_python_entry_point_match_the_default(tmp_path, 
 
     flags = ["--noise", "fixed", "--attack", "pgd-eot", "--no-baseline", *SMALL]
     assert main(["evaluate", *flags, "--out", str(tmp_path / "default")]) == 0
-    index = json.loads((tmp_path / "default" / "config.json").read_text())["indices"]
+    index = json.loads((tmp_path / "default" / "config.json").read_text())["inputs"]["indices"]
     x, y = load_digits("test")
     data = tmp_path / "mine.npz"
     x_nhwc = x[index].permute(0, 2, 3, 1).numpy()  # channels last, as most image tools
@@ -421,6 +427,7 @@ def test_own_classifier_data_and_python_entry_point_match_the_default(tmp_path, 
         x[index],
         y[index],
         out=tmp_path / "api",
+        preset="digits",
         stats=ReferenceStats.load(zoo_root() / "digits_stats.safetensors"),
         noise="fixed",
         attack=["pgd-eot"],
@@ -432,7 +439,7 @@ def test_own_classifier_data_and_python_entry_point_match_the_default(tmp_path, 
         draws=1,
         steps=2,
         t_star=5,
-        no_progress=True,
+        progress=False,
     )
     assert rows("api") == rows("default")
     assert results["rows"][0]["robust"] == rows("default")[0]["robust"]
