@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 
-from .config import Overrides
+from .config import ComputeConfig, Overrides
 from .diffusion.model import CONVENTIONS
 from .diffusion.sampler import SAMPLERS
 from .evaluation.registry import ATTACKS
+from .hardware import DTYPES, pick_device
 from .noise.registry import NOISES
 from .presets import list_presets
 from .purification.engine import GRADIENT_MODES
@@ -95,7 +96,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 Flags = list[tuple[str, dict[str, Any]]]
 COMMON: Flags = [
-    ("--preset", {"default": "digits", "choices": list_presets(), "metavar": "PRESET"}),
+    ("--preset", {"default": "cifar10-embedded", "choices": list_presets(), "metavar": "PRESET"}),
     ("--method", {"choices": tuple(METHODS)}),
     ("--diffusion-checkpoint", {"help": "diffusion model file or folder"}),
     ("--classifier-checkpoint", {"help": "classifier checkpoint file"}),
@@ -105,7 +106,10 @@ COMMON: Flags = [
     ("--stats", {"help": "reference statistics file (safetensors)"}),
     ("--sampler", {"choices": SAMPLERS, "help": "reverse sampler (default ddpm)"}),
     ("--convention", {"choices": CONVENTIONS, "help": "how the diffusion model is queried"}),
-    ("--device", {"default": "cuda" if torch.cuda.is_available() else "cpu"}),
+    ("--device", {"help": "cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)"}),
+    ("--dtype", {"choices": DTYPES, "help": "diffusion network's compute dtype (default float32)"}),
+    ("--channels-last", {"action": "store_true", "default": None}),
+    ("--compile", {"action": "store_true", "default": None, "help": "torch.compile the network"}),
     ("--seed", {"type": int, "default": 0}),
     ("--no-progress", {"action": "store_true", "help": "hide progress bars"}),
 ]
@@ -175,25 +179,16 @@ def sources_of(args: argparse.Namespace) -> Sources:
     return Sources(**{name: getattr(args, name) for name in Sources.__dataclass_fields__})
 
 
+def compute_of(args: argparse.Namespace) -> ComputeConfig:
+    """The device and speed flags (absent flags keep the defaults)."""
+    given = {name: getattr(args, name) for name in ("device", "dtype", "channels_last", "compile")}
+    return ComputeConfig(**{name: value for name, value in given.items() if value is not None})
+
+
 def overrides_of(args: argparse.Namespace) -> Overrides:
     """The configuration flags given on the command line (absent flags stay None)."""
     given = {name: getattr(args, name, None) for name in Overrides.__dataclass_fields__}
     return Overrides(**{name: value for name, value in given.items() if value is not None})
-
-
-def check_device(name: str) -> torch.device:
-    """The requested device, or a ValueError before any work if this build lacks it."""
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"--device {name!r} is not a device torch knows ({err})") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"--device {name}: this torch build has no usable CUDA device; use --device cpu"
-        )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {name}: MPS is not available here; use --device cpu")
-    return device
 
 
 def check_out_dir(path: str | os.PathLike) -> Path:
@@ -215,7 +210,8 @@ def preflight(args: argparse.Namespace) -> None:
     """Every check that needs no model or data: device, output, overwrite permission."""
     from .evaluation.runner import check_clearable
 
-    check_device(args.device)
+    if args.device:
+        pick_device(args.device)
     out = Path(args.out)
     if args.command == "stats":
         if out.is_dir():
@@ -234,8 +230,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     options = overrides_of(args).given()
     evaluate(args.preset, out=args.out, sources=sources_of(args), quick=args.quick,
-             overwrite=args.overwrite, progress=not args.no_progress, device=args.device,
-             **options)  # fmt: skip
+             overwrite=args.overwrite, progress=not args.no_progress, **options)  # fmt: skip
     return 0
 
 
@@ -245,8 +240,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
 
     report = sanity(
         args.preset, noise=args.noise, sources=sources_of(args), quick=args.quick,
-        device=check_device(args.device), progress=not args.no_progress,
-        **{**overrides_of(args).given(), "seed": args.seed},
+        progress=not args.no_progress, **{**overrides_of(args).given(), "seed": args.seed},
     )  # fmt: skip
     text = json.dumps(report, indent=2)
     print(text)
@@ -260,7 +254,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     stats = reference_stats(
         args.preset, sources=sources_of(args), n_images=args.n_images, seed=args.seed,
         num_levels=args.num_levels, batch_size=args.batch_size, convention=args.convention,
-        device=check_device(args.device), progress=not args.no_progress,
+        compute=compute_of(args), progress=not args.no_progress,
     )  # fmt: skip
     stats.save(args.out)
     print(json.dumps({"file": args.out, **stats.summary()}, indent=2))

@@ -20,6 +20,7 @@ from .diffusion.sampler import SAMPLERS
 from .evaluation.attacks import NORMS
 from .evaluation.eot import CRITERIA
 from .evaluation.registry import ATTACKS, get_attack
+from .hardware import pick_device, pick_dtype
 from .noise.registry import NOISES, get_noise
 from .purification.engine import GRADIENT_MODES
 from .purification.registry import Settings, get_method
@@ -86,6 +87,20 @@ class DefenceConfig:
 
 
 @dataclass(frozen=True)
+class ComputeConfig:
+    """Where and how the diffusion network runs: the device ("auto": cuda if available, else
+    cpu), its compute dtype ("auto": bfloat16 where the hardware runs it natively, else
+    float32; see :mod:`art_ssni.hardware`), channels-last memory order, ``torch.compile``.
+    A resolved configuration holds the concrete device and dtype, and why that dtype."""
+
+    device: str = "auto"
+    dtype: str = "float32"
+    channels_last: bool = False
+    compile: bool = False
+    dtype_reason: str = ""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One evaluation: preset and data set names, defence, attack, SSNI, sizes, seed."""
 
@@ -94,6 +109,7 @@ class RunConfig:
     defence: DefenceConfig
     attack: AttackConfig = AttackConfig()
     ssni: SSNIConfig = SSNIConfig()
+    compute: ComputeConfig = ComputeConfig()
     n_images: int = 512
     draws: int = 10
     batch_size: int = 64
@@ -145,6 +161,10 @@ class Overrides:
     runs: int | None = None
     baseline: bool | None = None
     save_adversarial: bool | None = None
+    device: str | None = None
+    dtype: str | None = None
+    channels_last: bool | None = None
+    compile: bool | None = None
 
     @classmethod
     def from_options(cls, **options: Any) -> Overrides:
@@ -169,13 +189,18 @@ class Overrides:
         }
 
 
-SMOKE = Overrides(iterations=3, eot=2, n_images=32, draws=3, batch_size=32, judge_draws=2)
-"""The smoke-run sizes every preset starts from under ``quick``; a preset's own ``quick``
-overrides are applied after these."""
+SMOKE = Overrides(
+    n_images=2, batch_size=2, iterations=1, eot=1, restarts=1, draws=1, judge_draws=0,
+    steps=2, surrogate_steps=1, runs=1,
+)  # fmt: skip
+"""The smoke run every preset starts from under ``quick``: it checks that the pipeline runs
+(2 images, 2 reverse steps, 1 iteration, 1 draw, no in-loop rows), not a result. A preset's
+own ``quick`` overrides are applied after these."""
 
 _ATTACK_FIELDS = {f.name for f in fields(AttackConfig)}
 _SSNI_FIELDS = {"num_levels", "tau"}
 _DEFENCE_FIELDS = {"noises", "gradient", "sampler", "convention"}
+_COMPUTE_FIELDS = {f.name for f in fields(ComputeConfig)} - {"dtype_reason"}
 _RUN_FIELDS = {"n_images", "draws", "batch_size", "seed", "runs", "baseline", "save_adversarial"}
 _METHOD_KNOBS = ("t_star", "steps", "surrogate_steps")
 
@@ -209,15 +234,18 @@ def resolve(
     if method != config.defence.method:
         get_method(method)
         config = replace(config, defence=preset.defence(method))
-    layers = [(SMOKE, False), (preset.quick, False)] if quick else []
-    for layer, strict in [*layers, (overrides, True)]:
-        config = _apply(config, layer, strict=strict)
+    for layer in [SMOKE, preset.quick, overrides] if quick else [overrides]:
+        config = _apply(config, layer)
     if quick:
         config = replace(config, smoke=True)
         if overrides.step is None:
             attack = config.attack
             step = max(attack.step, smoke_step(attack.eps, attack.iterations))
             config = replace(config, attack=replace(attack, step=step))
+    device = pick_device(config.compute.device)
+    dtype, why = pick_dtype(config.compute.dtype, device)
+    compute = replace(config.compute, device=device, dtype=dtype, dtype_reason=why)
+    config = replace(config, compute=compute)
     if config.ssni.tau is None and reference_std is not None:
         config = replace(config, ssni=replace(config.ssni, tau=float(reference_std)))
     if available is not None and overrides.n_images is None:
@@ -226,21 +254,21 @@ def resolve(
     return config
 
 
-def _apply(config: RunConfig, layer: Overrides, *, strict: bool) -> RunConfig:
-    """One layer of overrides; ``strict`` (the user's layer) lets a method refuse knobs that
-    do not apply to it, a preset's smoke layer skips them."""
+def _apply(config: RunConfig, layer: Overrides) -> RunConfig:
+    """One layer of overrides."""
     given = layer.given()
     attack = replace(config.attack, **{k: v for k, v in given.items() if k in _ATTACK_FIELDS})
     ssni = replace(config.ssni, **{k: v for k, v in given.items() if k in _SSNI_FIELDS})
     if "bias" in given:
         ssni = replace(ssni, bias=given["bias"], biases=())
     defence = replace(config.defence, **{k: v for k, v in given.items() if k in _DEFENCE_FIELDS})
-    knobs = {k: given.get(k) for k in _METHOD_KNOBS}
-    spec = get_method(defence.method)
-    if any(v is not None for v in knobs.values()) and (strict or not spec.schedule_only):
-        defence = replace(defence, settings=spec.retarget(defence.settings, *knobs.values()))
+    knobs = [given.get(k) for k in _METHOD_KNOBS]
+    if any(v is not None for v in knobs):
+        spec = get_method(defence.method)
+        defence = replace(defence, settings=spec.retarget(defence.settings, *knobs))
+    compute = replace(config.compute, **{k: v for k, v in given.items() if k in _COMPUTE_FIELDS})
     run = {k: v for k, v in given.items() if k in _RUN_FIELDS}
-    return replace(config, attack=attack, ssni=ssni, defence=defence, **run)
+    return replace(config, attack=attack, ssni=ssni, defence=defence, compute=compute, **run)
 
 
 def _positive(value: Any, name: str, *, zero: bool = False) -> None:
@@ -299,6 +327,7 @@ def _plain(value: Any) -> Any:
 
 __all__ = [
     "AttackConfig",
+    "ComputeConfig",
     "DefenceConfig",
     "Overrides",
     "RunConfig",

@@ -18,10 +18,18 @@ from typing import Any
 
 import torch
 
-from .config import Overrides, RunConfig, resolve
+from .config import ComputeConfig, Overrides, RunConfig, resolve
 from .diffusion.model import DiffusionModel
 from .evaluation.registry import get_attack
-from .evaluation.runner import Evaluation, Row, barrier, clear_run_dir, mark_run_dir
+from .evaluation.runner import (
+    Evaluation,
+    Row,
+    barrier,
+    clear_run_dir,
+    mark_run_dir,
+    progress_bar,
+)
+from .hardware import TORCH_DTYPES, pick_device, pick_dtype
 from .models.defended import DefendedClassifier
 from .noise import EPSNorm, ReferenceStats
 from .noise.registry import get_noise
@@ -121,6 +129,23 @@ def build_rows(config: RunConfig, setup: Setup) -> list[Row]:
     return rows
 
 
+def place(setup: Setup, compute: ComputeConfig) -> torch.device:
+    """Move the setup's models to the configured device and give the diffusion network its
+    compute dtype, memory order and compilation; says on stderr which dtype runs and why."""
+    import sys
+
+    device = torch.device(compute.device)
+    why = f" ({compute.dtype_reason})" if compute.dtype_reason else ""
+    print(f"art-ssni: {compute.device}, {compute.dtype}{why}", file=sys.stderr)
+    setup.diffusion = setup.diffusion.to(device).set_speed_options(
+        compute_dtype=TORCH_DTYPES[compute.dtype],
+        channels_last=compute.channels_last,
+        compile=compute.compile,
+    )
+    setup.classifier = setup.classifier.to(device)
+    return device
+
+
 def _distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
@@ -140,16 +165,13 @@ def run_evaluation(
     out: str | os.PathLike,
     overwrite: bool = False,
     progress: bool = True,
-    device: str | torch.device = "cpu",
 ) -> dict[str, Any] | None:
     """Evaluate ``config`` on ``setup``, resumably in ``out``; the results on rank 0 (``None``
     on other ranks under ``torchrun``). ``config.runs`` > 1 repeats the evaluation with seeds
     seed..seed+runs-1 on the same images (each in ``out/run_<k>``) and reports mean ± std."""
     from .evaluation.report import combine_runs, format_table, write_report
 
-    device = torch.device(device)
-    setup.diffusion = setup.diffusion.to(device)
-    setup.classifier = setup.classifier.to(device)
+    device = place(setup, config.compute)
     index = subset(setup.x.shape[0], config.n_images, config.seed)
     x, y = setup.x[index], setup.y[index]
     rank, world = _distributed()
@@ -166,6 +188,8 @@ def run_evaluation(
     }
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {device}"
     all_results = []
+    per_run = len(x) * len(rows) if world == 1 else 0
+    bar = progress_bar(per_run * config.runs, enabled=progress and rank == 0) if per_run else None
     for run in range(config.runs):
         run_out = out if config.runs == 1 else out / f"run_{run}"
         seed = config.seed + run
@@ -186,10 +210,12 @@ def run_evaluation(
                 mark_run_dir(out)
             evaluation.check_config()
         barrier(world)
-        merged = evaluation.run(rows, x, y)
+        merged = evaluation.run(rows, x, y, bar=bar)
         if rank == 0:
             run_info = {"seed": seed, "processes": world, "machine": machine}
             all_results.append({"config": record, "run": run_info, "rows": merged})
+    if bar is not None:
+        bar.close()
     if rank != 0:
         return None
     if config.runs > 1:
@@ -262,7 +288,6 @@ def evaluate(
     out: str | os.PathLike,
     overwrite: bool = False,
     progress: bool = True,
-    device: str | torch.device = "cpu",
     **arguments: Any,
 ) -> dict[str, Any] | None:
     """Attack and evaluate a defence; returns the results dict (``None`` on ranks other
@@ -281,9 +306,7 @@ def evaluate(
     ``runs=3``, ``baseline=False``, ...). Results are written to ``out`` (resumable).
     """
     config, setup = prepare(preset, **arguments)
-    return run_evaluation(
-        config, setup, out=out, overwrite=overwrite, progress=progress, device=device
-    )
+    return run_evaluation(config, setup, out=out, overwrite=overwrite, progress=progress)
 
 
 def sanity(
@@ -292,7 +315,6 @@ def sanity(
     noise: str = "ssni-n",
     sources: Sources | None = None,
     quick: bool = False,
-    device: str | torch.device = "cpu",
     progress: bool = True,
     **options: Any,
 ) -> dict[str, Any]:
@@ -304,8 +326,7 @@ def sanity(
     from .evaluation.sanity import sanity_checks
 
     config, setup = prepare(preset, sources=sources, quick=quick, noises=(noise,), **options)
-    device = torch.device(device)
-    setup.diffusion, setup.classifier = setup.diffusion.to(device), setup.classifier.to(device)
+    device = place(setup, config.compute)
     index = subset(setup.x.shape[0], config.n_images, config.seed)
     x, y = setup.x[index].to(device), setup.y[index].to(device)
     defended = build_defence(config, setup, noise)
@@ -329,17 +350,21 @@ def reference_stats(
     batch_size: int = 256,
     seed: int = 0,
     convention: str | None = None,
-    device: str | torch.device = "cpu",
+    compute: ComputeConfig | None = None,
     progress: bool = True,
 ) -> ReferenceStats:
     """The EPS-norm statistics of ``n_images`` clean training images of the preset (T' =
-    ``num_levels``, default the preset's), which SSNI's policies compare inputs against."""
+    ``num_levels``, default the preset's), which SSNI's policies compare inputs against;
+    ``compute`` is the device and speed options the network runs with."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     setup = load_setup(preset, sources or Sources(), split="train", n_images=n_images,
                        seed=seed, convention=convention)  # fmt: skip
     index = subset(setup.x.shape[0], min(n_images, setup.x.shape[0]), seed)
-    diffusion = setup.diffusion.to(torch.device(device))
-    eps_norm = EPSNorm(diffusion, num_levels or preset.ssni.num_levels)
+    compute = compute or ComputeConfig()
+    device = pick_device(compute.device)
+    dtype, why = pick_dtype(compute.dtype, device)
+    place(setup, replace(compute, device=device, dtype=dtype, dtype_reason=why))
+    eps_norm = EPSNorm(setup.diffusion, num_levels or preset.ssni.num_levels)
     return ReferenceStats.from_images(
         eps_norm, setup.x[index], batch_size=batch_size, generator=seed, progress=progress
     )

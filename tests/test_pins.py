@@ -116,22 +116,24 @@ def _check_or_write(argv: list[str]) -> None:
         EVALUATE_PINS.write_text(json.dumps(evaluate_pins(Path("/tmp/pins-eval")), indent=1))
 
 
+# Recorded as a digits --quick run with these sizes, when the smoke sizes were 2 EOT draws and
+# a step of 2.5 eps / iterations = 0.25; spelled out so the pin does not follow the smoke sizes.
 EVALUATE_ARGS = [
-    "--quick", "--n-images", "6", "--batch-size", "3", "--iterations", "2", "--draws", "2",
-    "--judge-draws", "2", "--noise", "fixed,ssni-l,ssni-n", "--attack",
-    "pgd-eot,selector-aware,bpda-eot", "--no-progress",
+    "--preset", "digits", "--n-images", "6", "--batch-size", "3", "--iterations", "2",
+    "--eot", "2", "--step", "0.25", "--draws", "2", "--judge-draws", "2",
+    "--noise", "fixed,ssni-l,ssni-n", "--attack", "pgd-eot,selector-aware,bpda-eot",
+    "--no-progress",
 ]  # fmt: skip
 
 
 def evaluate_pins(out: Path) -> dict[str, dict[str, object]]:
-    """The accuracies of every row of a small digits ``--quick`` evaluation."""
+    """The accuracies of every row of a small digits evaluation."""
     from art_ssni.cli import main
 
     assert main(["evaluate", "--out", str(out), "--overwrite", *EVALUATE_ARGS]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     return {
-        row["key"]: {"clean": row["clean"], "robust": row["robust"], "n": row["n"]}
-        for row in rows
+        row["key"]: {"clean": row["clean"], "robust": row["robust"], "n": row["n"]} for row in rows
     }
 
 

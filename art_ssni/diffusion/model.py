@@ -162,6 +162,19 @@ class DiffusionModel(nn.Module):
         self.cuda_graphs = bool(cuda_graphs)
         self._runner = None
 
+    def set_speed_options(
+        self,
+        *,
+        compute_dtype: torch.dtype | None = None,
+        channels_last: bool = False,
+        compile: bool | dict[str, Any] = False,
+        cuda_graphs: bool = False,
+    ) -> DiffusionModel:
+        """Change the speed options of an existing model (see the class docstring); returns
+        the model."""
+        self._set_speed_options(compute_dtype, channels_last, compile, cuda_graphs)
+        return self
+
     @property
     def compute_dtype(self) -> torch.dtype:
         """The type the network body runs in (float32 unless reduced precision was asked)."""

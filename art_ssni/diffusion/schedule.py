@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .rounding import round_half_up
+
 
 class VPSchedule:
     """Table of abar_t over the levels 0..N, looked up per sample."""
@@ -93,7 +95,7 @@ class VPSchedule:
         s = torch.as_tensor(s, dtype=torch.float64)
         if bool(((s < 0) | (s > 1)).any()):
             raise ValueError(f"continuous time must lie in [0, 1], got {s}")
-        return torch.floor(s * self.num_steps + 0.5).long()
+        return round_half_up(s * self.num_steps)
 
     def describe(self) -> str:
         """A canonical string that identifies this schedule (recorded in statistics files)."""

@@ -263,8 +263,13 @@ class Evaluation:
     def part_path(self, key: str, batch: int) -> Path:
         return self.out_dir / "parts" / key / f"batch_{batch:05d}.pt"
 
-    def run(self, rows: Sequence[Row], x: torch.Tensor, y: torch.Tensor) -> list[dict] | None:
-        """Evaluate every row; returns the merged rows on rank 0 (``None`` on other ranks)."""
+    def run(
+        self, rows: Sequence[Row], x: torch.Tensor, y: torch.Tensor, bar: tqdm | None = None
+    ) -> list[dict] | None:
+        """Evaluate every row; returns the merged rows on rank 0 (``None`` on other ranks).
+
+        Progress is counted in (row, image) pairs on ``bar`` (one bar for a whole
+        multi-run evaluation), or on a bar of this run's own when none is given."""
         n_batches = (x.shape[0] + self.batch_size - 1) // self.batch_size
 
         def size(b: int) -> int:
@@ -272,13 +277,11 @@ class Evaluation:
 
         units = [(row, b) for row in rows for b in range(n_batches) if b % self.world == self.rank]
         todo = [(row, b) for row, b in units if self.load_unit(row.key, b, size(b)) is None]
-        bar = tqdm(
-            total=len(units),
-            initial=len(units) - len(todo),
-            disable=not self.progress,
-            desc="evaluate",
-            unit="batch",
-        )
+        done = sum(size(b) for _, b in units) - sum(size(b) for _, b in todo)
+        own = bar is None
+        if own:
+            bar = progress_bar(sum(size(b) for _, b in units), enabled=self.progress)
+        bar.update(done)
         for row, b in todo:
             bar.set_postfix_str(f"{row.key} batch {b}")
             part = slice(b * self.batch_size, (b + 1) * self.batch_size)
@@ -292,8 +295,9 @@ class Evaluation:
             )
             record["meta"] = self.unit_meta(row.key, b, size(b))
             atomic_torch_save(record, self.part_path(row.key, b))
-            bar.update(1)
-        bar.close()
+            bar.update(size(b))
+        if own:
+            bar.close()
         barrier(self.world)
         if self.rank != 0:
             return None
@@ -312,6 +316,11 @@ class Evaluation:
             if self.save_adversarial:
                 self.save_examples(row.key, parts)
         return merged
+
+
+def progress_bar(total: int, *, enabled: bool = True) -> tqdm:
+    """One bar for a whole evaluation, in (row, image) pairs, with its time estimate."""
+    return tqdm(total=total, disable=not enabled, desc="evaluate", unit="image-row")
 
 
 def _unit_problem(record: Any, meta: dict[str, Any], draws: int) -> str | None:

@@ -77,17 +77,25 @@ def _retarget_dac(
     return dataclasses.replace(settings, **changes)
 
 
-def _schedule_only(
+def _retarget_schedule(
     settings: Settings, t_star: int | None, steps: int | None, surrogate_steps: int | None
 ) -> Settings:
-    """GNS runs its stage schedule: a reference level or step count does not apply."""
-    given = [name for name, v in (("t_star", t_star), ("steps", steps)) if v is not None]
-    if given:
+    """GNS runs its stage schedule: a reference level does not apply; ``steps``
+    (``surrogate_steps``) caps every stage's steps (surrogate stage's), the levels stay."""
+    if t_star is not None:
         raise ValueError(
-            f"gns runs its published stage schedule; {' and '.join(given)} do not apply to it "
-            "(its reference level is its largest stage)"
+            "gns runs its published stage schedule; t_star does not apply to it (its "
+            "reference level is its largest stage); steps caps each stage's steps"
         )
-    return settings
+
+    def capped(stages, cap):
+        return stages if cap is None else tuple((t, min(k, cap)) for t, k in stages)
+
+    return dataclasses.replace(
+        settings,
+        stages=capped(settings.stages, steps),
+        surrogate_stages=capped(settings.surrogate_stages, surrogate_steps),
+    )
 
 
 def _level(settings: Settings) -> int:
@@ -109,7 +117,6 @@ class MethodSpec:
     cls: type[Purifier]
     retarget: Callable[[Settings, int | None, int | None, int | None], Settings] = _retarget
     level: Callable[[Settings], int] = _level
-    schedule_only: bool = field(default=False)
 
     @cached_property
     def settings(self) -> type:
@@ -157,7 +164,7 @@ METHODS: dict[str, MethodSpec] = {
     for spec in (
         MethodSpec("diffpure", "DiffPure", DiffPure),
         MethodSpec("gdmp", "GDMP", GDMP),
-        MethodSpec("gns", "GNS", GNS, _schedule_only, _gns_level, schedule_only=True),
+        MethodSpec("gns", "GNS", GNS, _retarget_schedule, _gns_level),
         MethodSpec("dac", "DAC", DAC, _retarget_dac, lambda s: int(s.t_large)),
         MethodSpec("mani-pure", "MANI-Pure", MANIPure),
     )

@@ -11,29 +11,39 @@ from art_ssni.config import SMOKE, AttackConfig, Overrides, RunConfig, resolve, 
 from art_ssni.presets import get_preset, list_presets
 
 
-def test_a_preset_resolves_to_its_own_run():
+def test_a_preset_resolves_to_its_own_run_on_a_concrete_device():
     for name in list_presets():
-        assert resolve(name) == get_preset(name).run
+        config = resolve(name)
+        assert dataclasses.replace(config, compute=get_preset(name).run.compute) == (
+            get_preset(name).run
+        )
+        assert config.compute.device in ("cpu", "cuda") and config.compute.dtype == "float32"
 
 
-def test_smoke_sizes_then_the_presets_then_the_users():
-    digits = resolve("digits", quick=True)
-    assert (digits.n_images, digits.draws, digits.batch_size) == (32, 3, 32)
-    assert (digits.attack.iterations, digits.attack.eot, digits.attack.judge_draws) == (3, 2, 2)
-    assert digits.smoke and not resolve("digits").smoke
-    cifar = resolve("cifar10-embedded", quick=True)
-    assert (cifar.n_images, cifar.draws, cifar.attack.iterations) == (4, 2, 2)
-    assert (cifar.defence.settings.steps, cifar.defence.settings.surrogate_steps) == (5, 2)
+def test_smoke_run_is_the_same_small_run_on_every_preset():
+    for name in list_presets():
+        config = resolve(name, quick=True)
+        assert (config.n_images, config.batch_size, config.draws, config.runs) == (2, 2, 1, 1)
+        attack = config.attack
+        assert (attack.iterations, attack.eot, attack.restarts, attack.judge_draws) == (1, 1, 1, 0)
+        assert config.smoke and not resolve(name).smoke
+        for method in get_preset(name).methods:
+            settings = resolve(name, Overrides(method=method), quick=True).defence.settings
+            if hasattr(settings, "steps"):
+                assert (settings.steps, settings.surrogate_steps) == (2, 1)
+            if hasattr(settings, "stages"):
+                assert max(k for _, k in settings.stages) <= 2
+                assert max(k for _, k in settings.surrogate_stages) <= 1
+            if hasattr(settings, "stride"):  # DAC: 2 calls per stage span
+                assert settings.stride == -(-settings.t_large // 2)
     user = resolve("cifar10-embedded", Overrides(n_images=8, iterations=7), quick=True)
-    assert (user.n_images, user.attack.iterations, user.draws) == (8, 7, 2)
-    assert SMOKE.given() == {
-        "iterations": 3, "eot": 2, "n_images": 32, "draws": 3, "batch_size": 32, "judge_draws": 2,
-    }  # fmt: skip
+    assert (user.n_images, user.attack.iterations, user.draws) == (8, 7, 1)
+    assert SMOKE.given()["n_images"] == 2
 
 
 def test_smoke_step_crosses_the_ball_unless_a_step_is_given():
     quick = resolve("digits", quick=True).attack
-    assert quick.step == pytest.approx(smoke_step(0.2, 3)) == pytest.approx(2.5 * 0.2 / 3)
+    assert quick.step == pytest.approx(smoke_step(0.2, 1)) == pytest.approx(2.5 * 0.2)
     assert quick.step * quick.iterations >= quick.eps
     assert resolve("digits", Overrides(step=0.01), quick=True).attack.step == 0.01
     assert resolve("digits").attack.step == 0.025
@@ -48,9 +58,16 @@ def test_method_knobs_reach_each_method_through_its_spec():
     dac = resolve("cifar10-linf", Overrides(method="dac", t_star=150)).defence.settings
     assert (dac.t_large, dac.t_small) == (150, 75)
     with pytest.raises(ValueError, match="gns runs its published stage schedule"):
-        resolve("digits", Overrides(method="gns", steps=5))
-    gns = resolve("digits", Overrides(method="gns"), quick=True).defence.settings
-    assert gns == get_preset("digits").method("gns")  # smoke sizes leave the schedule alone
+        resolve("digits", Overrides(method="gns", t_star=50))
+    gns = resolve("cifar10-linf", Overrides(method="gns", steps=40)).defence.settings
+    assert gns.stages == ((30, 30),) * 4 + ((50, 40),) * 2 + ((125, 40),) * 2
+
+
+def test_compute_options_are_resolved_and_recorded():
+    config = resolve("digits", Overrides(device="cpu", dtype="float32", channels_last=True))
+    assert config.compute.device == "cpu" and config.compute.channels_last
+    assert config.compute.dtype_reason == "asked for"
+    assert config.as_dict()["compute"]["dtype"] == "float32"
 
 
 def test_switching_method_takes_that_methods_defence():

@@ -39,7 +39,7 @@ def small_settings(name: str):
     spec = METHODS[name]
     preset = get_preset("digits")
     settings = preset.method(name) if name in preset.methods else spec.make_settings()
-    if spec.schedule_only:
+    if hasattr(settings, "stages"):  # a stage schedule: the same shape at small levels
         stages, surrogate = ((6, 3), (LEVEL, 4)), ((6, 1), (LEVEL, 2))
         return dataclasses.replace(settings, stages=stages, surrogate_stages=surrogate, t_star=None)
     return spec.retarget(settings, LEVEL, 4, 2)
