@@ -84,13 +84,17 @@ def gradient_cosines(n_images: int, seed: int) -> dict[str, float]:
     return out
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("float32", type=Path, help="results folder of the float32 run")
     parser.add_argument("bfloat16", type=Path, help="results folder of the bfloat16 run")
     parser.add_argument("--gradient-images", type=int, default=8)
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     runs = [
         json.loads((folder / "results.json").read_text())
         for folder in (args.float32, args.bfloat16)

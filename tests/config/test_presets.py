@@ -269,7 +269,7 @@ def test_embedded_and_preset_purifiers_carry_the_published_settings():
     assert build_rows(*plan([*base, "--steps", "20"]))[0].model.purifier.stride == 3
     ssni = build_rows(*plan([*base, "--noise", "ssni-l"]))[0].model.purifier
     assert ssni.noise.t_star == ssni.t_large == 60  # SSNI's level sets t_large
-    mani_args = [*base[:2], "mani-pure", *base[3:], "--steps", "20"]
+    mani_args = [*base, "--method", "mani-pure", "--steps", "20"]
     mani = build_rows(*plan(mani_args))[0].model.purifier
     assert (mani.t_star, mani.stages, mani.spectral.bands, mani.radius) == (60, ((60, 20),), 4, 2.0)
 
