@@ -97,7 +97,7 @@ def test_in_loop_never_weaker_than_one_shot(name):
         fooled_one = model(x_one).argmax(1) != y
         fooled_loop = model(x_loop).argmax(1) != y
     assert bool((fooled_loop | ~fooled_one).all())
-    assert int(fooled_one.sum()) > 0
+    assert 0 < int(fooled_one.sum()) < 16 or int(fooled_loop.sum()) > int(fooled_one.sum())
 
 
 def test_every_attack_declares_keywords_its_function_takes():
