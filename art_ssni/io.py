@@ -1,4 +1,5 @@
-"""File input and output shared by the whole package: atomic writes and the HTML-page refusal.
+"""File input and output shared by the whole package: atomic writes, the HTML-page refusal, and
+the content digests that fingerprint a run's inputs.
 
 A file written here either keeps its old content or gets the whole new one, never half of
 it: the bytes go to a temporary file in the target folder, are flushed to disk, and the
@@ -17,7 +18,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "refuse_html"]
+__all__ = [
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "module_digest",
+    "refuse_html",
+    "tensor_digest",
+]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -64,3 +72,30 @@ def refuse_html(path: str | os.PathLike, what: str) -> None:
             "confirmation page (Google Drive does this when its quota is exceeded); delete it, "
             "download the file again and check its size"
         )
+
+
+def _update(digest: Any, name: str, tensor: torch.Tensor) -> None:
+    tensor = tensor.detach().cpu().contiguous()
+    digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 (first 16 hex digits) of the tensors' shapes, dtypes and bytes, in order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for i, tensor in enumerate(tensors):
+        _update(digest, str(i), torch.as_tensor(tensor))
+    return digest.hexdigest()[:16]
+
+
+def module_digest(module: torch.nn.Module) -> str:
+    """SHA-256 (first 16 hex digits) of a module's state: every parameter and buffer by name,
+    computed afresh on each call, so changed weights give another digest."""
+    import hashlib
+
+    digest = hashlib.sha256(type(module).__name__.encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        _update(digest, name, tensor)
+    return digest.hexdigest()[:16]

@@ -30,6 +30,7 @@ from .evaluation.runner import (
     progress_bar,
 )
 from .hardware import TORCH_DTYPES, pick_device, pick_dtype
+from .io import module_digest, tensor_digest
 from .models.defended import DefendedClassifier
 from .noise import EPSNorm, ReferenceStats
 from .noise.registry import get_noise
@@ -184,8 +185,13 @@ def run_evaluation(
     inputs = {
         "rows": [row.key for row in rows],
         "indices": index.tolist(),
+        "images": tensor_digest(x, y),
+        "diffusion": module_digest(setup.diffusion.eps_net),
+        "classifier": module_digest(setup.classifier),
+        "normalisation": [list(map(float, v)) if v is not None else None
+                          for v in (setup.mean, setup.std)],
         "stats": setup.stats.digest() if setup.stats is not None else None,
-    }
+    }  # fmt: skip
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {device}"
     all_results = []
     per_run = len(x) * len(rows) if world == 1 else 0

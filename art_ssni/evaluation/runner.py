@@ -238,10 +238,12 @@ class Evaluation:
         path = self.out_dir / "config.json"
         text = json.dumps(self.config, indent=2, sort_keys=True)
         if path.exists():
-            if json.loads(path.read_text()) != json.loads(text):
+            changed = differences(json.loads(path.read_text()), json.loads(text))
+            if changed:
                 raise ValueError(
-                    f"{self.out_dir} holds a run with another configuration; "
-                    "choose another --out folder or pass --overwrite"
+                    f"{self.out_dir} holds a run with other inputs or settings "
+                    f"({', '.join(changed[:6])} changed); choose another --out folder or pass "
+                    "--overwrite"
                 )
         elif self.rank == 0:
             mark_run_dir(self.out_dir)
@@ -316,6 +318,14 @@ class Evaluation:
             if self.save_adversarial:
                 self.save_examples(row.key, parts)
         return merged
+
+
+def differences(old: Any, new: Any, path: str = "") -> list[str]:
+    """The dotted paths at which two JSON values differ (``inputs.classifier``, ...)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [d for k in keys for d in differences(old.get(k), new.get(k), f"{path}{k}.")]
+    return [] if old == new else [path.rstrip(".") or "the whole record"]
 
 
 def progress_bar(total: int, *, enabled: bool = True) -> tqdm:

@@ -49,6 +49,15 @@ class _SSNIPolicy:
         return self.levels_from_scores(self.scores(x, generator))
 
     def levels_from_scores(self, eps: torch.Tensor) -> torch.Tensor:
+        """Levels of EPS norms; a non-finite norm (a diverged diffusion network) raises
+        instead of becoming level 0, which would switch purification off for that sample."""
+        bad = ~torch.isfinite(eps)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{type(self).__name__}: the EPS norm of {int(bad.sum())} of {eps.numel()} "
+                f"samples is not finite ({eps[bad][:3].tolist()}); the diffusion network "
+                f"{self.eps_norm.diffusion.name!r} diverged on them"
+            )
         return round_half_up(self.reweight(eps)).clamp(0, self.t_max)
 
     def reweight(self, eps: torch.Tensor) -> torch.Tensor:

@@ -188,7 +188,7 @@ def test_command_line_errors_are_clear(args, message):
 
 def test_resuming_with_other_settings_is_refused(reference, tmp_path):
     result = _run(["evaluate", *SMALL, "--eps", "0.1", "--out", str(reference)], timeout=300)
-    assert result.returncode == 2 and "another configuration" in result.stderr
+    assert result.returncode == 2 and "config.attack.eps changed" in result.stderr
 
 
 def test_in_loop_flags_add_rows_beside_the_one_shot_rows():

@@ -92,7 +92,7 @@ def test_resuming_with_other_statistics_is_refused(tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["inputs"]["stats"] == zoo.digest()
     assert main([*args, "--out", str(out), "--stats", str(other)]) == 2
-    assert "another configuration" in capsys.readouterr().err
+    assert "inputs.stats changed" in capsys.readouterr().err
 
 
 # --method gns refuses --t-star and --steps
@@ -258,3 +258,46 @@ def test_read_only_out_is_refused_before_work(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Path, "write_bytes", read_only)
     assert main(["sanity", "--preset", "digits", "--out", str(tmp_path / "ro")]) == 2
     assert "cannot write to --out" in capsys.readouterr().err
+
+
+def test_resume_refuses_changed_weights_or_images_and_names_them(tmp_path, capsys):
+    """A run folder records digests of the models and images it evaluated: resuming with a
+    changed classifier (same factory name) or changed data refuses instead of returning the
+    old numbers."""
+    factory = tmp_path / "factory.py"
+    factory.write_text(
+        "import torch\n"
+        "from art_ssni.models.zoo import load_embedded_classifier\n"
+        "SCALE = 1.0\n"
+        "def make():\n"
+        "    model = load_embedded_classifier()\n"
+        "    with torch.no_grad():\n"
+        "        for p in model.parameters():\n"
+        "            p.mul_(SCALE)\n"
+        "    return model\n"
+    )
+    args = ["evaluate", *SMALL, "--noise", "fixed", "--attack", "pgd-eot", "--no-baseline"]
+    args += ["--classifier", f"{factory}:make", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert main(args) == 0  # the same inputs resume
+    factory.write_text(factory.read_text().replace("SCALE = 1.0", "SCALE = 0.5"))
+    assert main(args) == 2
+    assert "inputs.classifier changed" in capsys.readouterr().err
+    import numpy as np
+
+    from art_ssni.data import load_digits
+
+    x, y = load_digits("test")
+    data = tmp_path / "mine.npz"
+    np.savez(data, x=x[:8].numpy(), y=y[:8].numpy())
+    out = ["--out", str(tmp_path / "data-run")]
+    assert (
+        main(["evaluate", *SMALL, "--noise", "fixed", "--no-baseline", "--data", str(data), *out])
+        == 0
+    )
+    np.savez(data, x=x[8:16].numpy(), y=y[8:16].numpy())
+    assert (
+        main(["evaluate", *SMALL, "--noise", "fixed", "--no-baseline", "--data", str(data), *out])
+        == 2
+    )
+    assert "inputs.images changed" in capsys.readouterr().err

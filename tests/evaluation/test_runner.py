@@ -78,8 +78,17 @@ def test_shards_merge_to_the_single_process_result(tmp_path, diffusion):
 
 def test_resuming_another_configuration_is_refused(tmp_path):
     Evaluation(tmp_path, {"eps": 0.1}, batch_size=4, draws=1, seed=0).check_config()
-    with pytest.raises(ValueError, match="another configuration"):
+    with pytest.raises(ValueError, match=r"other inputs or settings \(eps changed\)"):
         Evaluation(tmp_path, {"eps": 0.2}, batch_size=4, draws=1, seed=0).check_config()
+
+
+def test_differences_name_the_changed_paths():
+    from art_ssni.evaluation.runner import differences
+
+    old = {"config": {"attack": {"eps": 0.1}}, "inputs": {"classifier": "a", "rows": [1]}}
+    new = {"config": {"attack": {"eps": 0.2}}, "inputs": {"classifier": "b", "rows": [1]}}
+    assert differences(old, new) == ["config.attack.eps", "inputs.classifier"]
+    assert differences(old, old) == [] and differences(1, 2) == ["the whole record"]
 
 
 def test_unit_seeds_are_stable_and_distinct():

@@ -190,3 +190,17 @@ def test_stats_load_with_incomplete_metadata(tmp_path, stats):
     save_file({"norms": stats.norms}, str(path), metadata=metadata)
     with pytest.raises(ValueError, match="lacks the metadata"):
         ReferenceStats.load(path)
+
+
+@pytest.mark.parametrize("kind", ["ssni-l", "ssni-n"])
+@pytest.mark.parametrize("norm", [float("nan"), float("inf")])
+def test_a_non_finite_eps_norm_is_refused_not_mapped_to_level_zero(diffusion, stats, kind, norm):
+    eps_norm = EPSNorm(diffusion, num_levels=5)
+    if kind == "ssni-l":
+        policy = SSNILinear(eps_norm, stats, t_star=10)
+    else:
+        policy = SSNISigmoid(eps_norm, stats, t_star=10, tau=1.0)
+    scores = torch.tensor([stats.mean, norm])
+    with pytest.raises(ValueError, match="EPS norm of 1 of 2 samples is not finite"):
+        policy.levels_from_scores(scores)
+    assert policy.levels_from_scores(scores[:1]).shape == (1,)
