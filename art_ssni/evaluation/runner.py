@@ -363,7 +363,7 @@ def mark_run_dir(out_dir: str | os.PathLike) -> None:
 def clear_run_dir(out_dir: str | os.PathLike) -> None:
     """Delete a previous evaluation's folder; refuse one that is not ours.
 
-    Only a folder carrying our marker or a ``config.json`` (a run of ours) is removed; an
+    Only a folder carrying our marker (a run of ours) is removed; an
     empty folder is left as it is; anything else raises ``ValueError``, since deleting it
     could destroy the user's files.
     """
@@ -374,18 +374,28 @@ def clear_run_dir(out_dir: str | os.PathLike) -> None:
 
 def check_clearable(out_dir: str | os.PathLike) -> bool:
     """Whether ``out_dir`` holds a previous run of ours (``False``: nothing to clear); raise
-    ``ValueError`` for a file or a folder holding anything else."""
+    ``ValueError`` for a file, a symlink, the working directory or a folder above it, and a
+    folder without our run marker that holds anything (a ``config.json`` alone may be the
+    user's own)."""
     out = Path(out_dir)
+    if out.is_symlink():
+        raise ValueError(f"--overwrite refuses to delete {out}: it is a symbolic link")
     if not out.exists():
         return False
     if not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; choose a folder for the results")
-    if (out / RUN_MARKER).is_file() or (out / "config.json").is_file():
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise ValueError(
+            f"--overwrite refuses to delete {out}: it is the working directory or holds it; "
+            "choose a folder of its own for the results"
+        )
+    if (out / RUN_MARKER).is_file():
         return True
     if any(out.iterdir()):
         raise ValueError(
             f"--overwrite refuses to delete {out}: it holds files that no art-ssni evaluation "
-            "wrote (no config.json or .art-ssni-run marker); choose another --out folder"
+            f"wrote (no {RUN_MARKER} marker); choose another --out folder"
         )
     return False
 

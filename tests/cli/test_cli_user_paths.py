@@ -42,6 +42,29 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert "refuses to delete" in capsys.readouterr().err
 
 
+def test_overwrite_refuses_a_project_with_its_own_config_and_the_working_directory(
+    tmp_path, capsys, monkeypatch
+):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "config.json").write_text("{}")
+    (project / "thesis.tex").write_text("years of work")
+    argv = ["evaluate", *SMALL, "--noise", "fixed", "--overwrite"]
+    assert main([*argv, "--out", str(project)]) == 2
+    assert "refuses to delete" in capsys.readouterr().err
+    monkeypatch.chdir(project / "src")
+    run = project / "src" / "run"
+    assert main([*argv, "--out", str(run)]) == 0  # a run folder of its own is fine
+    for out in (".", ".."):
+        assert main([*argv, "--out", out]) == 2
+        assert "working directory" in capsys.readouterr().err
+    assert (project / "thesis.tex").read_text() == "years of work" and run.is_dir()
+    link = tmp_path / "link"
+    link.symlink_to(run)
+    assert main([*argv, "--out", str(link)]) == 2
+    assert "symbolic link" in capsys.readouterr().err
+
+
 def test_overwrite_clears_a_previous_run(tmp_path):
     out = tmp_path / "run"
     args = ["evaluate", *SMALL, "--noise", "fixed", "--attack", "pgd-eot", "--no-baseline"]
