@@ -19,8 +19,9 @@ def load_user_images(
     """Images (N, C, H, W) float32 in [0, 1] and labels (N,) int64 from ``path``.
 
     An ``.npz`` holds ``x`` (NCHW or NHWC; uint8 in 0..255 or floats in [0, 1]) and ``y``
-    (integer labels). A folder is an ImageFolder tree ``root/<class>/<image>``: classes are
-    numbered in sorted order, as torchvision does, and every image is converted to the
+    (integer labels). A folder is an ImageFolder tree ``root/<class>/<image>``: class folders
+    named by integers (``0``, ``4``, ``10``) carry those labels, whatever folders are missing;
+    other names are numbered in sorted order, as torchvision does. Every image is converted to the
     model's channels and resized to its size. ``image_shape`` (C, H, W) is checked.
     """
     path = Path(path)
@@ -73,9 +74,13 @@ def _image_folder(
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise ValueError(f"{root} has no class folders (ImageFolder layout: root/<class>/<image>)")
+    numbered = all(name.isdigit() for name in classes)
+    class_labels = (
+        sorted((int(name), name) for name in classes) if numbered else list(enumerate(classes))
+    )
     mode = "L" if image_shape is not None and image_shape[0] == 1 else "RGB"
     images, labels = [], []
-    for label, name in enumerate(classes):
+    for label, name in class_labels:
         for file in sorted((root / name).iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue

@@ -85,3 +85,14 @@ def test_quick_is_a_smoke_run_on_a_paper_preset_with_real_layout_weights(tmp_pat
     assert {row["key"] for row in results["rows"]} >= {
         "none-pgd", "diffpure-fixed-pgd-eot", "diffpure-ssni-n-selector-aware",
     }  # fmt: skip
+
+
+def test_autoattack_first_runs_the_undefended_row_with_its_own_keywords(tmp_path):
+    """The undefended row gets exactly the budget keywords of its attack (AutoAttack takes no
+    restarts or max_rows); this crashed with a TypeError before the attack registry."""
+    out = tmp_path / "aa"
+    argv = ["evaluate", "--preset", "digits", "--quick", "--noise", "fixed"]
+    assert main([*argv, "--attack", "autoattack", "--no-progress", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [row["key"] for row in rows] == ["none-autoattack", "diffpure-fixed-autoattack"]
+    assert rows[0]["attack"].startswith("AutoAttack") and rows[0]["n"] == 2

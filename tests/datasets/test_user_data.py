@@ -36,3 +36,20 @@ def test_npz_uint8_images_are_scaled(tmp_path):
     np.savez(tmp_path / "u8.npz", x=pixels, y=np.array([3, 4]))
     x, y = load_user_images(tmp_path / "u8.npz", (1, 8, 8))
     assert torch.equal(x, torch.from_numpy(pixels).float() / 255) and y.tolist() == [3, 4]
+
+
+def test_numbered_class_folders_keep_their_labels(tmp_path):
+    """Folders 0, 1, 4, 5, 8 and 10 are labels 0, 1, 4, 5, 8 and 10, not their sorted
+    positions (which would relabel 4 as 2 and sort 10 before 4)."""
+    from PIL import Image
+
+    from art_ssni.data.user import load_user_images
+
+    names = ["0", "1", "4", "5", "8", "10"]
+    for k, name in enumerate(names):
+        (tmp_path / name).mkdir()
+        pixels = torch.full((8, 8), 20 * k, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels, mode="L").save(tmp_path / name / "a.png")
+    x, y = load_user_images(tmp_path, (1, 8, 8))
+    assert y.tolist() == [0, 1, 4, 5, 8, 10]
+    assert [round(float(v) * 255 / 20) for v in x[:, 0, 0, 0]] == [0, 1, 2, 3, 4, 5]
