@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._rng import SeedLike, as_generator
+from ..validation import check_images
 from .attacks import NORMS, per_sample_l2, project, random_delta
 from .eot import (
     DEFAULT_MAX_ROWS,
@@ -86,6 +87,7 @@ def apgd_eot(
     given as ``history`` receives the per-sample step size of every iteration (to inspect the
     schedule).
     """
+    check_images(x)
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if not eps > 0:

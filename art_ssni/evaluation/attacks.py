@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._rng import SeedLike, as_generator, rand, randn
+from ..validation import check_images
 from .eot import DEFAULT_MAX_ROWS, BestIterate, best_of_restarts, check_judging, eot_gradient, track
 
 NORMS = ("Linf", "L2")
@@ -57,6 +58,7 @@ def project(delta: torch.Tensor, x: torch.Tensor, norm: str, eps: float) -> torc
 
 
 def _check(x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, step: float, iters: int):
+    check_images(x)
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if not eps > 0 or not step > 0:

@@ -109,3 +109,17 @@ def test_every_attack_declares_keywords_its_function_takes():
         keywords = {"selector_weight": "weight"}
         for key in spec.takes:
             assert takes_all or keywords.get(key, key) in params, (name, key)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_images_outside_the_unit_box_are_refused_not_projected(name, diffusion, stats, images):
+    # a random start used to project 0-255 images into [0, 1] and return them silently
+    model = _defended(diffusion, stats)
+    y = torch.arange(images.shape[0]) % 10
+    for bad in (images * 255, images.masked_fill(images > 0.9, float("nan"))):
+        with pytest.raises(ValueError, match="values in \\[0, 1\\]|not finite|NaN"):
+            ATTACKS[name].run(model, bad, y, generator=0, **BUDGET.budget(name), **_start(name))
+
+
+def _start(name: str) -> dict:
+    return {"random_start": True} if name in ("pgd-eot", "bpda-eot", "selector-aware") else {}
