@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from .diffusion.model import CONVENTIONS
@@ -337,4 +337,3 @@ __all__ = [
     "resolve",
     "smoke_step",
 ]
-_ = field  # re-exported helpers stay in dataclasses

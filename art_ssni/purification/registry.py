@@ -154,7 +154,7 @@ class MethodSpec:
             if "sampler" not in accepted:
                 raise ValueError(f"{self.name} takes no sampler (asked for {sampler!r})")
             kwargs["sampler"] = sampler
-        if "classifier" in accepted and "mask" not in kwargs:
+        if "classifier" in accepted:
             kwargs["classifier"] = classifier
         return self.cls(diffusion, noise=noise, gradient=gradient, generator=generator, **kwargs)
 
