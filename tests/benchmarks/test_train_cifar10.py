@@ -14,7 +14,7 @@ from tiny import SHARED_DATA, load_benchmark
 def test_training_resumes_to_the_same_weights(part, tmp_path, monkeypatch) -> None:
     trainer = load_benchmark("train_cifar10")
     flags = ["--part", part, "--train-images", "32", "--checkpoint-every", "2",
-             "--classifier-widths", "4", "4", "4", "4", "--classifier-batch", "8",
+             "--classifier-widths", "24", "8", "8", "8", "--classifier-batch", "8",
              "--classifier-epochs", "1", "--unet-base", "8", "--eps-steps", "4",
              "--eps-batch", "4"]  # fmt: skip
     key = "eps_net" if part == "eps" else "classifier"
@@ -44,5 +44,7 @@ def test_training_resumes_to_the_same_weights(part, tmp_path, monkeypatch) -> No
         assert torch.equal(straight[name], resumed[name]), name
     meta = json.loads((tmp_path / "wb" / f"{key}.json").read_text())
     assert meta["config"] == (
-        trainer.unet_config(8, 300) if part == "eps" else {**meta["config"], "widths": [4, 4, 4, 4]}
+        trainer.unet_config(8, 300)
+        if part == "eps"
+        else {**meta["config"], "widths": [24, 8, 8, 8]}
     )
