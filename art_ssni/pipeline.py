@@ -95,16 +95,16 @@ def row_label(config: RunConfig, model: DefendedClassifier, noise: str) -> str:
 
 
 def build_rows(config: RunConfig, setup: Setup) -> list[Row]:
-    """The undefended row (under the first attack that is not selector-aware) and, per noise
-    policy, one row per attack, plus one in-loop row per criterion where the attack has
-    them and ``judge_draws`` > 0. The selector-aware attack applies to policies with
-    scores only."""
+    """The undefended row (under the first attack that applies to a plain classifier) and,
+    per noise policy, one row per attack that applies to the defence (the selector-aware
+    attack needs a policy with scores, ...: ``AttackSpec.applies``), plus one in-loop row
+    per criterion where the attack has them and ``judge_draws`` > 0."""
     attack = config.attack
     rows = []
     if config.baseline:
-        first = next((a for a in attack.attacks if not get_attack(a).needs_scores), "pgd-eot")
-        key = "none-pgd" if first == "pgd-eot" else f"none-{first}"
         undefended = DefendedClassifier(None, setup.classifier, setup.mean, setup.std)
+        first = next((a for a in attack.attacks if get_attack(a).applies(undefended)), "pgd-eot")
+        key = "none-pgd" if first == "pgd-eot" else f"none-{first}"
         budget = {**attack.budget(first), "eot": 1}
         rows.append(Row(key, "No defence", undefended, first, budget))
     uses_scores = any(get_noise(n).uses_scores for n in config.defence.noises)
@@ -118,7 +118,7 @@ def build_rows(config: RunConfig, setup: Setup) -> list[Row]:
         name = row_label(config, model, noise)
         for attack_name in attack.attacks:
             spec = get_attack(attack_name)
-            if spec.needs_scores and not get_noise(noise).uses_scores:
+            if not spec.applies(model):
                 continue
             key = f"{config.defence.method}-{noise}-{attack_name}"
             budget = attack.budget(attack_name)

@@ -12,6 +12,7 @@ from .attacks import (
     selector_aware_pgd,
 )
 from .autoattack import autoattack_rand, format_eps
+from .ensembles import default_members, ensemble
 from .eot import CRITERIA, LOSSES, judge
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "format_eps",
     "bpda_eot",
     "correct_draws",
+    "default_members",
+    "ensemble",
     "eot_gradient",
     "gradient_mode",
     "judge",

@@ -90,6 +90,19 @@ def eot_gradient(
 
 
 @torch.no_grad()
+def draw_logits(
+    model: nn.Module, x: torch.Tensor, draws: int, *, max_rows: int = DEFAULT_MAX_ROWS
+) -> torch.Tensor:
+    """Logits (draws * N, classes) of ``draws`` fresh passes of the defence on x, no gradient:
+    row d * N + i is draw d of sample i, pushed through in chunks of at most ``max_rows``."""
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"judging draws must be an int >= 1, got {draws!r}")
+    _check_rows(max_rows)
+    rows = x.detach().repeat(draws, *([1] * (x.dim() - 1)))
+    return torch.cat([model(chunk) for chunk in torch.split(rows, max_rows)])
+
+
+@torch.no_grad()
 def judge(
     model: nn.Module,
     x: torch.Tensor,
@@ -101,14 +114,10 @@ def judge(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Whether ``draws`` fresh passes of the defence are fooled by x (per sample, under
     ``criterion``), and the mean cross-entropy over those passes (the tie-breaker)."""
-    if draws < 1:
-        raise ValueError(f"judging draws must be >= 1, got {draws}")
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
-    _check_rows(max_rows)
     n = x.shape[0]
-    rows = x.detach().repeat(draws, *([1] * (x.dim() - 1)))
-    logits = torch.cat([model(chunk) for chunk in torch.split(rows, max_rows)])
+    logits = draw_logits(model, x, draws, max_rows=max_rows)
     labels = y.repeat(draws)
     ce = F.cross_entropy(logits, labels, reduction="none").view(draws, n).mean(0)
     predictions = logits.argmax(1).view(draws, n)

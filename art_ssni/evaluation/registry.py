@@ -1,9 +1,10 @@
 """The attacks as data: one :class:`AttackSpec` per attack in :data:`ATTACKS`.
 
 A spec says which budget keywords its attack takes (the command line and the evaluation pass
-exactly those), whether it gets in-loop rows (judged over N draws per iterate), and whether
-it needs a noise policy with scores (the selector-aware attack ascends SSNI's EPS norm).
-Adding an attack is its function and one line here.
+exactly those), whether it gets in-loop rows (judged over N draws per iterate), which part of
+a defence it needs (:data:`NEEDS`: the selector-aware attack ascends SSNI's EPS norm), and
+whether it judges its own candidates with the evaluation's draws (the ensemble). Adding an
+attack is its function and one line here.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 
 from .apgd import apgd_eot
 from .attacks import bpda_eot, pgd_eot, selector_aware_pgd
+from .ensembles import ENSEMBLE_BUDGET, ensemble
 
 Attack = Callable[..., torch.Tensor]
 """``attack(model, x, y, *, generator, **budget) -> x_adv`` in the ball around x, in [0, 1]."""
@@ -44,20 +46,49 @@ def autoattack(
     return x_adv
 
 
+def _has_scores(model: nn.Module) -> bool:
+    return hasattr(getattr(model, "policy", None), "scores")
+
+
+NEEDS: dict[str, tuple[Callable[[nn.Module], bool], str]] = {
+    "scores": (_has_scores, "a purifier with an SSNI noise policy (EPS-norm scores)"),
+}
+"""What an attack may need of a defence: a test on the model and the words for an error."""
+
+
 @dataclass(frozen=True)
 class AttackSpec:
     """An attack: name (``--attack``), label in tables, function, the budget keywords it takes
     (names of :class:`art_ssni.config.AttackConfig` fields; ``selector_weight`` is passed as
-    ``weight``), whether it gets in-loop rows, whether it needs a policy with scores, and the
-    gradient mode it imposes (BPDA: the identity backward), if any."""
+    ``weight``), whether it gets in-loop rows, what it needs of the defence (a key of
+    :data:`NEEDS`), the gradient mode it imposes (BPDA: the identity backward), if any, and
+    whether it takes the evaluation's judging ``draws`` and fills a per-image ``breakdown``
+    dict that the runner records (the ensemble)."""
 
     name: str
     label: str
     run: Attack
     takes: tuple[str, ...]
     in_loop: bool = True
-    needs_scores: bool = False
+    needs: str | None = None
     gradient: str | None = None
+    breakdown: bool = False
+
+    @property
+    def needs_scores(self) -> bool:
+        """Whether the attack needs a noise policy with scores (SSNI's EPS norm)."""
+        return self.needs == "scores"
+
+    def refusal(self, model: nn.Module) -> str | None:
+        """Why this attack cannot run on ``model`` (None: it can)."""
+        if self.needs is None:
+            return None
+        test, words = NEEDS[self.needs]
+        return None if test(model) else f"the {self.label} attack needs {words}"
+
+    def applies(self, model: nn.Module) -> bool:
+        """Whether this attack can run on ``model``."""
+        return self.refusal(model) is None
 
 
 ATTACKS: dict[str, AttackSpec] = {
@@ -70,7 +101,7 @@ ATTACKS: dict[str, AttackSpec] = {
             "selector-aware PGD-EOT",
             selector_aware_pgd,
             (*PGD_BUDGET, "selector_weight"),
-            needs_scores=True,
+            needs="scores",
         ),
         AttackSpec(
             "apgd-eot",
@@ -84,6 +115,14 @@ ATTACKS: dict[str, AttackSpec] = {
             autoattack,
             ("norm", "eps", "iterations", "eot"),
             in_loop=False,
+        ),
+        AttackSpec(
+            "ensemble",
+            "adaptive ensemble",
+            ensemble,
+            ENSEMBLE_BUDGET,
+            in_loop=False,
+            breakdown=True,
         ),
     )
 }

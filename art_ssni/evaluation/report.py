@@ -197,6 +197,7 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         lines.append("| " + " | ".join(_md_cell(c) for c in _cells(row)) + " |")
 
     lines += _interval_lines(results.get("rows", []))
+    lines += _ensemble_lines(results.get("rows", []), config.get("draws"))
     lines += _runs_lines(results.get("rows", []), config.get("runs"))
     lines += ["", "## What each column means", ""]
     lines += [f"- **{name}**: {text}" for name, text in COLUMN_NOTES]
@@ -230,6 +231,43 @@ def _interval_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             _interval(row["robust_ci95"].get("worst")),
         ]
         lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+    return lines
+
+
+def _count(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _ensemble_lines(rows: Sequence[Mapping[str, Any]], draws: Any) -> list[str]:
+    """Per ensemble row, what each attack did: the images it ran on, those it was the first
+    to break under the vote and in at least one draw, and those whose kept example it made."""
+    chosen = [row for row in rows if row.get("ensemble")]
+    if not chosen:
+        return []
+    n = chosen[0]["ensemble"].get("judging_draws", draws or "N")
+    lines = ["", "## Ensemble: the images each attack broke", ""]
+    lines.append(
+        f"Inside the ensemble every attack's candidates are judged over {n} fresh draws; an "
+        "image leaves the ensemble once an attack breaks its majority vote, so later attacks "
+        "run on fewer images. The robust columns above judge the kept examples again over the "
+        "table's own draws."
+        + (" Counts are means over the runs." if chosen[0]["ensemble"].get("runs") else "")
+    )
+    lines += ["", f"| method | attack | ran on | broke vote | broke worst-of-{n} | kept |"]
+    lines.append("|---|---|---:|---:|---:|---:|")
+    for row in chosen:
+        for attack in row["ensemble"]["per_attack"]:
+            cells = [str(row.get("method", "")), attack["attack"]]
+            cells += [_count(attack[k]) for k in ("ran_on", "broke_vote", "broke_worst", "kept")]
+            lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+    lines.append("")
+    for row in chosen:
+        record = row["ensemble"]
+        lines.append(
+            f"- {row.get('method', '')}: no attack broke {_count(record['unbroken_vote'])} of "
+            f"{row.get('n', '?')} images under the vote, {_count(record['unbroken_worst'])} in "
+            f"every one of the {n} draws."
+        )
     return lines
 
 

@@ -24,10 +24,14 @@ A row (one defended model under one attack; :func:`make_row` orders its :data:`R
     levels_clean, levels_adv: draws x n nested lists, the level each image got in each
         judging pass of the clean / adversarial inputs (row d is pass d, aligned with the
         predictions that gave the accuracies); None without a noise policy;
-    eps_clean, eps_adv: n EPS norms (the SSNI policy's scores); None for other policies.
+    eps_clean, eps_adv: n EPS norms (the SSNI policy's scores); None for other policies;
+    ensemble: for the adaptive ensemble (:mod:`.ensembles`), its members, the rule that kept
+        each image's candidate, the draws it judged them over, and per attack the images it
+        ran on, was the first to break under the vote and in at least one draw (worst-of-N),
+        and whose kept candidate it made; None for other attacks.
 Rows combined over runs (:func:`combine_runs`) hold the mean accuracies, plus
     runs_std (their sample standard deviation) and per_run (every run's values), and no
-    intervals.
+    intervals; an ensemble's counts are the means over the runs.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ ROW_FIELDS = (
     "levels_adv",
     "eps_clean",
     "eps_adv",
+    "ensemble",
 )
 SPLITS = ("clean", "robust")
 
@@ -94,6 +99,31 @@ def combine_runs(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 )
                 row["per_run"][split][aggregation] = values.tolist()
         row["seconds_per_image"] = float(np.mean([r["seconds_per_image"] for r in per_run]))
+        if first.get("ensemble"):
+            row["ensemble"] = _mean_ensemble([r["ensemble"] for r in per_run])
         rows.append(row)
     config = {**results[0]["config"], "runs": len(results)}
     return {"config": config, "rows": rows}
+
+
+ENSEMBLE_COUNTS = ("ran_on", "broke_vote", "broke_worst", "kept")
+
+
+def _mean_ensemble(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One ensemble record from several runs': every count is the mean over the runs."""
+    first = records[0]
+    per_attack = [
+        {
+            **attack,
+            **{
+                key: float(np.mean([r["per_attack"][k][key] for r in records]))
+                for key in ENSEMBLE_COUNTS
+            },
+        }
+        for k, attack in enumerate(first["per_attack"])
+    ]
+    unbroken = {
+        key: float(np.mean([r[key] for r in records]))
+        for key in ("unbroken_vote", "unbroken_worst")
+    }
+    return {**first, "per_attack": per_attack, **unbroken, "runs": len(records)}

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..io import atomic_torch_save, atomic_write_bytes
 from ..models.defended import DefendedClassifier
 from .accuracy import aggregate, intervals, predict_with_levels
+from .ensembles import summarise
 from .registry import ATTACKS, get_attack
 from .results import make_row
 
@@ -80,10 +81,13 @@ def evaluate_batch(
     if defence is not None:
         defence.reseed(seed)
     start = time.perf_counter()
+    breakdown: dict[str, Any] = {}
     if row.attack == "none":
         x_adv = x
     else:
-        x_adv = ATTACKS[row.attack].run(model, x, y, generator=seed + 1, **row.attack_kwargs)
+        spec = ATTACKS[row.attack]
+        own = {"draws": draws, "breakdown": breakdown} if spec.breakdown else {}
+        x_adv = spec.run(model, x, y, generator=seed + 1, **row.attack_kwargs, **own)
     preds_clean, levels_clean = predict_with_levels(model, x, draws)
     preds_adv, levels_adv = predict_with_levels(model, x_adv, draws)
     record: dict[str, Any] = {
@@ -95,6 +99,8 @@ def evaluate_batch(
     }
     if save_adversarial:
         record["x_adv"] = x_adv.detach().cpu()
+    if breakdown:
+        record["breakdown"] = breakdown
     if levels_clean is not None:
         record["levels_clean"] = levels_clean
         record["levels_adv"] = levels_adv
@@ -154,11 +160,18 @@ def _merge(row: Row, parts: list[dict[str, Any]]) -> dict[str, Any]:
     gradient = defence.gradient if defence is not None else None
     if row.attack != "none" and ATTACKS[row.attack].gradient is not None:
         gradient = ATTACKS[row.attack].gradient
+    draws = int(cat("preds_adv").shape[0])
+    combined = None
+    if all("breakdown" in p for p in parts) and parts:
+        combined = summarise([p["breakdown"] for p in parts], draws)
+        if gradient:
+            modes = [a["gradient"] or gradient for a in combined["per_attack"]]
+            gradient = " + ".join(dict.fromkeys(modes))
     return make_row(
         key=row.key,
         method=row.method,
         defence=defence.describe() if defence is not None else None,
-        **attack_record(row, int(cat("preds_adv").shape[0])),
+        **attack_record(row, draws),
         gradient=gradient if gradient and row.attack != "none" else "n/a",
         n=n,
         clean=aggregate(cat("preds_clean"), y),
@@ -172,6 +185,7 @@ def _merge(row: Row, parts: list[dict[str, Any]]) -> dict[str, Any]:
         levels_adv=listed("levels_adv"),
         eps_clean=listed("eps_clean"),
         eps_adv=listed("eps_adv"),
+        ensemble=combined,
     )
 
 

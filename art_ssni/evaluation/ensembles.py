@@ -1,0 +1,228 @@
+"""The adaptive-attack ensemble: robust accuracy is the share of images that survive every attack.
+
+AutoAttack's rule (Croce & Hein 2020) runs a list of attacks in order, keeps per image the
+first adversarial example that fools the model, and runs later attacks only on the images
+still classified correctly. A randomised defence is judged over N draws, so "fools" needs a
+rule; :func:`ensemble` uses the evaluation's own judging:
+
+- every candidate of attack k is judged over ``draws`` fresh passes of the defence (the
+  evaluation's N; new draws, not those the final judging will use);
+- the first candidate whose majority-vote label is wrong is kept, and that image leaves the
+  ensemble: later attacks run only on the images whose vote still holds (saves work);
+- an image whose vote no candidate breaks keeps the candidate with the fewest correct draws
+  (ties: the earlier attack), the attacker's best shot at worst-of-N.
+
+The evaluation then judges the kept examples over its own N draws, vote and worst-of-N with
+Wilson intervals, as every row. ``breakdown`` receives per image which attack was the first
+to break the vote, which was the first to make at least one draw wrong (worst-of-N), which
+candidate was kept, and on which images each attack ran (:func:`summarise` counts them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._rng import SeedLike, as_generator
+from ..validation import check_images
+from .accuracy import majority_vote
+from .eot import DEFAULT_MAX_ROWS, draw_logits
+
+NAME = "ensemble"
+RULE = (
+    "each attack's candidates judged over the evaluation's N fresh draws; per image the first "
+    "candidate that breaks the majority vote is kept and later attacks skip that image; an "
+    "image no attack breaks keeps the candidate with the fewest correct draws"
+)
+ENSEMBLE_BUDGET = (
+    "norm", "eps", "step", "iterations", "eot", "restarts", "max_rows", "selector_weight",
+)  # fmt: skip
+"""Every budget keyword a member takes (the ensemble hands each member those it takes)."""
+RENAMED = {"selector_weight": "weight"}
+IN_LOOP = ("judge_draws", "criterion")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One attack of an ensemble: its name in reports, the registered attack it runs, and the
+    keywords it fixes (APGD's loss)."""
+
+    name: str
+    attack: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+
+ALIASES = {
+    "apgd-ce": Member("apgd-ce", "apgd-eot", (("loss", "ce"),)),
+    "apgd-dlr": Member("apgd-dlr", "apgd-eot", (("loss", "dlr"),)),
+}
+DEFAULT_MEMBERS = ("apgd-ce", "apgd-dlr", "pgd-eot", "bpda-eot", "selector-aware")
+"""The default ensemble, in order; the members a defence does not offer a target for are
+left out (:func:`default_members`)."""
+
+
+def member_names() -> list[str]:
+    """Every name :func:`member` knows: the aliases and the registered attacks."""
+    from .registry import ATTACKS
+
+    return [*ALIASES, *(name for name in ATTACKS if name != NAME)]
+
+
+def member(name: str | Member) -> Member:
+    """The member called ``name`` (an alias such as ``apgd-dlr`` or a registered attack)."""
+    from .registry import ATTACKS
+
+    if isinstance(name, Member):
+        found = name
+    elif name in ALIASES:
+        found = ALIASES[name]
+    elif isinstance(name, str) and name in ATTACKS and name != NAME:
+        found = Member(name, name)
+    else:
+        raise ValueError(f"unknown ensemble member {name!r}; choose from {member_names()}")
+    if found.attack not in ATTACKS or found.attack == NAME:
+        raise ValueError(f"ensemble member {found.name!r} runs no registered attack")
+    return found
+
+
+def default_members(model: nn.Module) -> tuple[str, ...]:
+    """The default ensemble for ``model``: APGD-EOT with CE and DLR loss, PGD-EOT, BPDA-EOT,
+    then the adaptive attacks on the defence's own machinery that it offers a target for."""
+    from .registry import ATTACKS
+
+    return tuple(n for n in DEFAULT_MEMBERS if ATTACKS[member(n).attack].applies(model))
+
+
+def _budget_for(takes: Sequence[str], in_loop: bool, budget: Mapping[str, Any]) -> dict:
+    keys = {RENAMED.get(k, k) for k in takes} | (set(IN_LOOP) if in_loop else set())
+    return {k: v for k, v in budget.items() if k in keys}
+
+
+def _check(x: torch.Tensor, y: torch.Tensor, draws: int, members: Sequence[Member]) -> None:
+    check_images(x)
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y must hold one label per image, got {tuple(y.shape)}")
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"the ensemble's judging draws must be an int >= 1, got {draws!r}")
+    if not members:
+        raise ValueError("the ensemble needs at least one attack")
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the ensemble names an attack twice: {names}")
+
+
+def ensemble(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attacks: Sequence[str | Member] | None = None,
+    *,
+    generator: SeedLike = None,
+    draws: int = 10,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    breakdown: dict[str, Any] | None = None,
+    **budget: Any,
+) -> torch.Tensor:
+    """Adversarial examples from the attacks ``attacks`` run in order (default:
+    :func:`default_members`), kept per image by the rule of this module.
+
+    Each member gets the budget keywords its spec takes (``selector_weight`` as ``weight``;
+    ``judge_draws`` and ``criterion`` too when it judges in the loop) and its own seed drawn
+    from ``generator``; a keyword outside :data:`ENSEMBLE_BUDGET` is refused. ``breakdown``,
+    a dict, receives ``members`` (names) and per image ``first_vote``, ``first_worst``,
+    ``kept`` (member index, -1 for none), ``correct`` (correct draws of the kept candidate)
+    and ``ran`` (members x images), all on the CPU.
+    """
+    from .registry import ATTACKS
+
+    chosen = [member(a) for a in (default_members(model) if attacks is None else attacks)]
+    _check(x, y, draws, chosen)
+    specs = [ATTACKS[m.attack] for m in chosen]
+    known = {RENAMED.get(k, k) for k in ENSEMBLE_BUDGET} | set(IN_LOOP)
+    unknown = sorted(set(budget) - known)
+    if unknown:
+        raise ValueError(f"the ensemble takes the budget {sorted(known)}, not {unknown}")
+    for m, spec in zip(chosen, specs):
+        why = spec.refusal(model)
+        if why is not None:
+            raise ValueError(f"ensemble member {m.name!r} cannot attack this defence: {why}")
+    stream = as_generator(generator)
+    place = stream.device if stream is not None else "cpu"
+    seeds = torch.randint(0, 2**31 - 1, (len(chosen),), generator=stream, device=place).cpu()
+    x, y = x.detach(), y.to(x.device)
+    n, device = x.shape[0], x.device
+    best = x.clone()
+    correct_best = torch.full((n,), draws + 1, device=device)
+    first_vote = torch.full((n,), -1, dtype=torch.long, device=device)
+    first_worst, kept = first_vote.clone(), first_vote.clone()
+    ran = torch.zeros(len(chosen), n, dtype=torch.bool, device=device)
+    for k, (m, spec) in enumerate(zip(chosen, specs)):
+        alive = (first_vote < 0).nonzero()[:, 0]
+        if alive.numel() == 0:
+            break
+        kwargs = {**_budget_for(spec.takes, spec.in_loop, budget), **dict(m.options)}
+        if "max_rows" in spec.takes:
+            kwargs["max_rows"] = max_rows
+        candidate = spec.run(model, x[alive], y[alive], generator=int(seeds[k]), **kwargs)
+        predictions = draw_logits(model, candidate, draws, max_rows=max_rows).argmax(1)
+        predictions = predictions.view(draws, alive.numel())
+        correct = (predictions == y[alive]).sum(0)
+        broken = majority_vote(predictions) != y[alive]
+        take = broken | (correct < correct_best[alive])
+        best[alive[take]] = candidate[take].detach()
+        correct_best[alive[take]] = correct[take]
+        kept[alive[take]] = k
+        first_vote[alive[broken]] = k
+        newly_worst = (correct < draws) & (first_worst[alive] < 0)
+        first_worst[alive[newly_worst]] = k
+        ran[k, alive] = True
+    if breakdown is not None:
+        breakdown.update(
+            members=[m.name for m in chosen],
+            first_vote=first_vote.cpu(),
+            first_worst=first_worst.cpu(),
+            kept=kept.cpu(),
+            correct=correct_best.cpu(),
+            ran=ran.cpu(),
+        )
+    return best
+
+
+def summarise(breakdowns: Sequence[Mapping[str, Any]], draws: int) -> dict[str, Any]:
+    """The ensemble record of a results row from the breakdowns of its batches: per attack,
+    the images it ran on, the images it was the first to break under the vote and in at
+    least one draw (worst-of-N), and the images whose kept candidate it made."""
+    from .registry import ATTACKS
+
+    members = list(breakdowns[0]["members"])
+    if any(list(b["members"]) != members for b in breakdowns):
+        raise ValueError("the batches of an ensemble row ran different attacks")
+
+    def cat(name: str, dim: int = 0) -> torch.Tensor:
+        return torch.cat([b[name] for b in breakdowns], dim=dim)
+
+    first_vote, first_worst, kept = cat("first_vote"), cat("first_worst"), cat("kept")
+    ran = cat("ran", dim=1)
+    per_attack = [
+        {
+            "attack": name,
+            "gradient": ATTACKS[member(name).attack].gradient,
+            "ran_on": int(ran[k].sum()),
+            "broke_vote": int((first_vote == k).sum()),
+            "broke_worst": int((first_worst == k).sum()),
+            "kept": int((kept == k).sum()),
+        }
+        for k, name in enumerate(members)
+    ]
+    return {
+        "members": members,
+        "judging_draws": draws,
+        "rule": RULE,
+        "per_attack": per_attack,
+        "unbroken_vote": int((first_vote < 0).sum()),
+        "unbroken_worst": int((first_worst < 0).sum()),
+    }
