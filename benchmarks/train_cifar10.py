@@ -50,7 +50,7 @@ from tqdm import tqdm
 from art_ssni.data import fixed_subset, load_cifar10
 from art_ssni.diffusion.networks.small_unet import SmallUNet
 from art_ssni.io import atomic_torch_save
-from art_ssni.models.compact_cnn import CompactCNN, whitening_weights
+from art_ssni.models.compact_cnn import TTAS, CompactCNN, whitening_weights
 from art_ssni.models.zoo import CIFAR10_FILES, sha256_file
 
 SCHEDULE = {"type": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 1000}
@@ -439,6 +439,12 @@ def write_card(args: argparse.Namespace) -> dict[str, Any]:
         model.load_state_dict(full)
         if key == "classifier":
             meta["test_accuracy_fp32"] = test_accuracy(model, x, y)
+            shipped_tta = model.tta
+            meta["test_accuracy_fp32_by_tta"] = {}
+            for tta in TTAS:
+                model.tta = tta
+                meta["test_accuracy_fp32_by_tta"][tta] = test_accuracy(model, x, y)
+            model.tta = shipped_tta
         else:
             sub = x[fixed_subset(PSNR_IMAGES, len(x), seed=1)]
             meta["psnr_fp32"] = {
