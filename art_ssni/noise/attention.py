@@ -96,7 +96,9 @@ class AttentionMask:
         return f"AttentionMask(layers={self.layers}, {rule})"
 
     def saliency(self, x: torch.Tensor) -> torch.Tensor:
-        """The merged attention map in [0, 1] (B, 1, H, W) before thresholding."""
+        """The merged attention map in [0, 1] (B, 1, H, W) before thresholding: continuous,
+        and differentiable in x when grad is enabled and x requires it (the mask-steering
+        attack descends it); otherwise computed without gradient."""
         if x.dim() != 4:
             raise ValueError(f"expected images (B, C, H, W), got shape {tuple(x.shape)}")
         inp = x
@@ -107,19 +109,21 @@ class AttentionMask:
             mean = self.mean.to(x.device, x.dtype).view(1, -1, 1, 1)
             inp = (x - mean) / self.std.to(x.device, x.dtype).view(1, -1, 1, 1)
         maps: list[torch.Tensor] = []
+        grad = torch.is_grad_enabled() and x.requires_grad
 
         def record(_module, _inputs, output):
             out = output[0] if isinstance(output, (tuple, list)) else output
             if out.dim() != 4:
                 raise ValueError(f"a hooked block must output (B, C, h, w), got {out.dim()}-D")
-            energy = out.detach().float().pow(2).sum(1, keepdim=True)
+            out = (out if grad else out.detach()).to(torch.promote_types(out.dtype, torch.float32))
+            energy = out.pow(2).sum(1, keepdim=True)
             maps.append(F.interpolate(energy, size=x.shape[-2:], mode="bilinear"))
 
         handles = [module.register_forward_hook(record) for module in self._modules]
         training = self.classifier.training
         try:
             self.classifier.eval()
-            with torch.no_grad():
+            with torch.set_grad_enabled(grad):
                 self.classifier(inp.to(_floating_dtype(self.classifier, inp.dtype)))
         finally:
             for handle in handles:

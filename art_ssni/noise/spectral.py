@@ -5,7 +5,8 @@ Per image and channel: A = |DFT2(x)|; the spectrum is split into ``bands`` equal
 annuli of radius r = sqrt(f_y^2 + f_x^2) (f in cycles per pixel, so r runs from 0 at DC to
 sqrt(1/2) at the corner); M_i is the mean of A over band i and w_i = 1 / (M_i^gamma + eps0):
 more noise where the input's spectrum is weak. The weights are data statistics, computed
-without gradient.
+without gradient unless ``differentiable`` is set (the spectral attack sets it for its run,
+so that its gradient also flows through the weights).
 """
 
 from __future__ import annotations
@@ -51,20 +52,28 @@ class SpectralNoise:
         if not eps0 > 0:
             raise ValueError(f"eps0 must be > 0, got {eps0}")
         self.bands, self.gamma, self.mode, self.eps0 = bands, float(gamma), mode, float(eps0)
+        self.differentiable = False
 
     def __repr__(self) -> str:
         return f"SpectralNoise(bands={self.bands}, gamma={self.gamma}, mode={self.mode!r})"
 
+    def _tracked(self) -> bool:
+        """Whether the weights carry a gradient now (``differentiable`` and grad enabled)."""
+        return self.differentiable and torch.is_grad_enabled()
+
     def weights(self, x: torch.Tensor) -> torch.Tensor:
-        """w(u, v) = 1 / (M_band(u,v)^gamma + eps0) per image and channel (B, C, H, W)."""
+        """w(u, v) = 1 / (M_band(u,v)^gamma + eps0) per image and channel (B, C, H, W);
+        differentiable in x when ``differentiable`` is set and grad is enabled."""
         if x.dim() != 4:
             raise ValueError(f"expected images (B, C, H, W), got shape {tuple(x.shape)}")
-        with torch.no_grad():
-            amplitude = torch.fft.fft2(x.detach().double()).abs().flatten(2)
+        tracked = self._tracked()
+        with torch.set_grad_enabled(tracked):
+            source = x.double() if tracked else x.detach().double()
+            amplitude = torch.fft.fft2(source).abs().flatten(2)
             band = radial_bands(*x.shape[-2:], self.bands, device=x.device).flatten()
             index = band.expand_as(amplitude)
             total = amplitude.new_zeros(*amplitude.shape[:2], self.bands)
-            total.scatter_add_(2, index, amplitude)
+            total = total.scatter_add(2, index, amplitude)
             count = torch.bincount(band, minlength=self.bands).clamp(min=1)
             weight = 1.0 / ((total / count).pow(self.gamma) + self.eps0)
             return weight.gather(2, index).view(x.shape)
@@ -76,6 +85,8 @@ class SpectralNoise:
         if self.mode == "shaped":
             shaped = torch.fft.ifft2(weight.to(z.dtype) * torch.fft.fft2(z)).real
             return _unit_rms(shaped)
-        with torch.no_grad():
-            pixel_map = torch.fft.ifft2(weight * torch.fft.fft2(x.detach().double())).abs()
+        tracked = self._tracked()
+        with torch.set_grad_enabled(tracked):
+            source = x.double() if tracked else x.detach().double()
+            pixel_map = torch.fft.ifft2(weight * torch.fft.fft2(source)).abs()
         return _unit_rms(pixel_map.to(z.dtype) * z)
