@@ -60,7 +60,10 @@ ALIASES = {
     "apgd-ce": Member("apgd-ce", "apgd-eot", (("loss", "ce"),)),
     "apgd-dlr": Member("apgd-dlr", "apgd-eot", (("loss", "dlr"),)),
 }
-DEFAULT_MEMBERS = ("apgd-ce", "apgd-dlr", "pgd-eot", "bpda-eot", "selector-aware")
+DEFAULT_MEMBERS = (
+    "apgd-ce", "apgd-dlr", "pgd-eot", "bpda-eot",
+    "selector-constrained", "dac-mask", "spectral", "low-frequency",
+)  # fmt: skip
 """The default ensemble, in order; the members a defence does not offer a target for are
 left out (:func:`default_members`)."""
 

@@ -15,6 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .adaptive import (
+    NEEDS,
+    dac_mask_pgd,
+    low_frequency_pgd,
+    selector_constrained_pgd,
+    spectral_pgd,
+)
 from .apgd import apgd_eot
 from .attacks import bpda_eot, pgd_eot, selector_aware_pgd
 from .ensembles import ENSEMBLE_BUDGET, ensemble
@@ -44,16 +51,6 @@ def autoattack(
         seed=generator,
     )  # fmt: skip
     return x_adv
-
-
-def _has_scores(model: nn.Module) -> bool:
-    return hasattr(getattr(model, "policy", None), "scores")
-
-
-NEEDS: dict[str, tuple[Callable[[nn.Module], bool], str]] = {
-    "scores": (_has_scores, "a purifier with an SSNI noise policy (EPS-norm scores)"),
-}
-"""What an attack may need of a defence: a test on the model and the words for an error."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +113,16 @@ ATTACKS: dict[str, AttackSpec] = {
             ("norm", "eps", "iterations", "eot"),
             in_loop=False,
         ),
+        AttackSpec(
+            "selector-constrained",
+            "selector-constrained PGD-EOT",
+            selector_constrained_pgd,
+            PGD_BUDGET,
+            needs="reference",
+        ),
+        AttackSpec("dac-mask", "mask-steering PGD-EOT", dac_mask_pgd, PGD_BUDGET, needs="saliency"),
+        AttackSpec("spectral", "spectral PGD-EOT", spectral_pgd, PGD_BUDGET, needs="spectral"),
+        AttackSpec("low-frequency", "low-frequency PGD-EOT", low_frequency_pgd, PGD_BUDGET),
         AttackSpec(
             "ensemble",
             "adaptive ensemble",

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from art_ssni import DiffPure, EPSNorm, SSNISigmoid
+from art_ssni import DAC, AttentionMask, DiffPure, EPSNorm, MANIPure, SSNISigmoid
 from art_ssni.config import AttackConfig
 from art_ssni.evaluation import default_members, ensemble
 from art_ssni.evaluation.ensembles import ENSEMBLE_BUDGET, RENAMED, summarise
@@ -17,7 +17,7 @@ from art_ssni.evaluation.report import to_markdown
 from art_ssni.evaluation.runner import Evaluation, Row
 from art_ssni.models.defended import DefendedClassifier
 
-from tiny import TinyClassifier, defended
+from tiny import Probe, TinyClassifier, defended
 
 # The scripted defence: two classes, label 0 right. An image whose pixels all equal
 # 0.5 + 0.01 c is wrong in each draw with probability P[c]; clean images (below 0.5) never.
@@ -101,12 +101,20 @@ def test_batches_sum_and_must_run_the_same_attacks(scripted):
 
 
 def test_defaults_follow_the_defence(diffusion, stats):
-    plain = defended(diffusion)
-    assert default_members(plain) == ("apgd-ce", "apgd-dlr", "pgd-eot", "bpda-eot")
+    common = ("apgd-ce", "apgd-dlr", "pgd-eot", "bpda-eot")
+    assert default_members(defended(diffusion)) == (*common, "low-frequency")
     policy = SSNISigmoid(EPSNorm(diffusion, num_levels=5), stats, 10, tau=1.0)
     ssni = DefendedClassifier(DiffPure(diffusion, noise=policy, t_star=10, steps=1),
                               TinyClassifier())  # fmt: skip
-    assert "selector-aware" in default_members(ssni)
+    assert default_members(ssni) == (*common, "selector-constrained", "low-frequency")
+    mask = AttentionMask(Probe(), ("first", "second"))
+    dac = DAC(diffusion, mask=mask, t_large=10, t_small=5, stride=5, surrogate_stride=5)
+    members = default_members(DefendedClassifier(dac, TinyClassifier()))
+    assert members == (*common, "dac-mask", "low-frequency")
+    mani = MANIPure(diffusion, t_star=10, steps=1, surrogate_steps=1, bands=2, radius=1.0)
+    members = default_members(DefendedClassifier(mani, TinyClassifier()))
+    assert members == (*common, "spectral", "low-frequency")
+    assert default_members(DefendedClassifier(None, TinyClassifier()))[-1] == "low-frequency"
 
 
 def test_the_budget_covers_every_members_keywords():
@@ -125,6 +133,8 @@ def test_bad_arguments_are_named(diffusion, images):
         ensemble(model, images, y, ["ensemble"])
     with pytest.raises(ValueError, match="'selector-aware' cannot attack this defence: .*SSNI"):
         ensemble(model, images, y, ["pgd-eot", "selector-aware"], iterations=1)
+    with pytest.raises(ValueError, match="'dac-mask' cannot attack this defence: .*DAC"):
+        ensemble(model, images, y, ["dac-mask"], iterations=1)
     with pytest.raises(ValueError, match=r"not \['loss'\]"):
         ensemble(model, images, y, ["pgd-eot"], loss="dlr")
     with pytest.raises(ValueError, match="judging draws"):
@@ -142,7 +152,7 @@ def test_the_runner_records_and_reports_the_ensemble(tmp_path, weak_defence):
     evaluation = Evaluation(tmp_path, {}, batch_size=5, draws=3, seed=0, progress=False)
     (merged,) = evaluation.run([row], x, y)
     record = merged["ensemble"]
-    assert record["members"] == ["apgd-ce", "apgd-dlr", "pgd-eot", "bpda-eot"]
+    assert record["members"] == ["apgd-ce", "apgd-dlr", "pgd-eot", "bpda-eot", "low-frequency"]
     assert record["judging_draws"] == 3
     first = record["per_attack"][0]
     assert first["ran_on"] == 8 and first["broke_vote"] > 0
