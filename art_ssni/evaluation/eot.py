@@ -5,12 +5,14 @@
   rows are pushed through the defence in chunks of at most ``max_rows``. A randomised
   purifier draws its noise per row, so every row is its own draw; the mean over the
   ``draws`` copies of a sample is the same expectation the old loop of passes estimated.
-- :func:`judge`: the verdict of a defence on an iterate over N fresh draws (no gradient),
-  under the criterion "worst" (fooled when any draw is wrong) or "vote" (fooled when the
-  majority-vote label is wrong), as DiffHammer (NeurIPS 2024) and DiffBreak (NeurIPS 2025)
-  judge inside the attack loop.
+- :func:`verdict` / :func:`judge`: a defence's verdict on an iterate over N fresh draws (no
+  gradient), under the criterion "worst" (fooled when any draw is wrong) or "vote" (fooled
+  when the majority-vote label is wrong), as DiffHammer (NeurIPS 2024) and DiffBreak
+  (NeurIPS 2025) judge inside the attack loop, with the fraction of wrong draws.
 - :class:`BestIterate`: per sample, the iterate that is best for the attacker so far:
-  a fooling iterate beats a non-fooling one, and among equals the higher loss wins.
+  a fooling iterate beats a non-fooling one, then the larger fraction of the N draws it
+  fools wins (an iterate wrong in one draw is not as good as one wrong in all), then the
+  higher loss.
 """
 
 from __future__ import annotations
@@ -102,7 +104,43 @@ def draw_logits(
     return torch.cat([model(chunk) for chunk in torch.split(rows, max_rows)])
 
 
+@dataclass
+class Verdict:
+    """The judging of one iterate per sample: fooled under the criterion, the fraction of
+    the draws that were wrong, and the mean cross-entropy over the draws."""
+
+    fooled: torch.Tensor
+    fraction: torch.Tensor
+    loss: torch.Tensor
+
+
 @torch.no_grad()
+def verdict(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    draws: int,
+    criterion: str,
+    *,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> Verdict:
+    """The :class:`Verdict` of ``draws`` fresh passes of the defence on x under
+    ``criterion`` ("worst": fooled when any draw is wrong; "vote": when the majority-vote
+    label is wrong)."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    n = x.shape[0]
+    logits = draw_logits(model, x, draws, max_rows=max_rows)
+    labels = y.repeat(draws)
+    ce = F.cross_entropy(logits, labels, reduction="none").view(draws, n).mean(0)
+    wrong = logits.argmax(1).view(draws, n) != y[None, :]
+    if criterion == "worst":
+        fooled = wrong.any(0)
+    else:
+        fooled = majority_vote(logits.argmax(1).view(draws, n)) != y
+    return Verdict(fooled, wrong.float().mean(0), ce)
+
+
 def judge(
     model: nn.Module,
     x: torch.Tensor,
@@ -113,34 +151,32 @@ def judge(
     max_rows: int = DEFAULT_MAX_ROWS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Whether ``draws`` fresh passes of the defence are fooled by x (per sample, under
-    ``criterion``), and the mean cross-entropy over those passes (the tie-breaker)."""
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
-    n = x.shape[0]
-    logits = draw_logits(model, x, draws, max_rows=max_rows)
-    labels = y.repeat(draws)
-    ce = F.cross_entropy(logits, labels, reduction="none").view(draws, n).mean(0)
-    predictions = logits.argmax(1).view(draws, n)
-    if criterion == "worst":
-        fooled = (predictions != y[None, :]).any(0)
-    else:
-        fooled = majority_vote(predictions) != y
-    return fooled, ce
+    ``criterion``), and the mean cross-entropy over those passes."""
+    found = verdict(model, x, y, draws, criterion, max_rows=max_rows)
+    return found.fooled, found.loss
 
 
 @dataclass
 class BestIterate:
-    """Per sample, the best iterate for the attacker: fooled first, then the higher loss."""
+    """Per sample, the best iterate for the attacker: fooled under the criterion first, then
+    the larger fraction of wrong draws, then the higher loss."""
 
     x: torch.Tensor
     fooled: torch.Tensor
+    fraction: torch.Tensor
     loss: torch.Tensor
 
-    def update(self, x: torch.Tensor, fooled: torch.Tensor, loss: torch.Tensor) -> None:
+    def update(
+        self, x: torch.Tensor, fooled: torch.Tensor, fraction: torch.Tensor, loss: torch.Tensor
+    ) -> None:
         """Keep, per sample, ``x`` where it beats the current best."""
-        better = (fooled & ~self.fooled) | ((fooled == self.fooled) & (loss > self.loss))
+        tied = fooled == self.fooled
+        more = fraction > self.fraction
+        level = fraction == self.fraction
+        better = (fooled & ~self.fooled) | (tied & (more | (level & (loss > self.loss))))
         self.x = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x.detach(), self.x)
         self.fooled = self.fooled | fooled
+        self.fraction = torch.where(better, fraction, self.fraction)
         self.loss = torch.where(better, loss, self.loss)
 
 
@@ -166,10 +202,10 @@ def track(
     (nothing happens for one-shot attacks, ``judge_draws=0``)."""
     if judge_draws == 0:
         return None
-    fooled, loss = judge(model, x, y, judge_draws, criterion, max_rows=max_rows)
+    found = verdict(model, x, y, judge_draws, criterion, max_rows=max_rows)
     if best is None:
-        return BestIterate(x.detach(), fooled, loss)
-    best.update(x, fooled, loss)
+        return BestIterate(x.detach(), found.fooled, found.fraction, found.loss)
+    best.update(x, found.fooled, found.fraction, found.loss)
     return best
 
 
@@ -191,13 +227,13 @@ def best_of_restarts(
         raise ValueError(f"restarts must be an int >= 1, got {restarts!r}")
     best: BestIterate | None = None
     for r in range(restarts):
-        x_adv, verdict = run(r)
+        x_adv, judged = run(r)
         if restarts == 1:
             return x_adv
-        if verdict is None:
-            verdict = track(None, model, x_adv, y, 1, criterion, max_rows=max_rows)
+        if judged is None:
+            judged = track(None, model, x_adv, y, 1, criterion, max_rows=max_rows)
         if best is None:
-            best = verdict
+            best = judged
         else:
-            best.update(verdict.x, verdict.fooled, verdict.loss)
+            best.update(judged.x, judged.fooled, judged.fraction, judged.loss)
     return best.x

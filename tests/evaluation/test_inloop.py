@@ -18,7 +18,7 @@ from art_ssni.evaluation import (
 )
 from art_ssni.evaluation import apgd as apgd_module
 from art_ssni.evaluation.apgd import checkpoint_fractions, checkpoints
-from art_ssni.evaluation.eot import BestIterate, best_of_restarts, dlr_loss
+from art_ssni.evaluation.eot import BestIterate, best_of_restarts, dlr_loss, verdict
 from art_ssni.models.defended import DefendedClassifier
 
 from tiny import TinyClassifier
@@ -71,11 +71,27 @@ def _iterate_of(x_adv: torch.Tensor) -> list[int]:
 
 def test_in_loop_judging_returns_the_iterate_that_fools_the_criterion():
     assert _iterate_of(_scripted_pgd()) == [5, 5]  # one-shot: the last iterate
-    # worst: any wrong draw fools; A only at iterate 2, C at 1 and 3 -> the higher loss (3)
-    assert _iterate_of(_scripted_pgd(judge_draws=25, criterion="worst")) == [2, 3]
+    # worst: any wrong draw fools; A only at iterate 2; C at 1 (90 % of draws wrong) and at
+    # 3 (40 %, with the higher loss): the iterate that fools more draws wins
+    assert _iterate_of(_scripted_pgd(judge_draws=25, criterion="worst")) == [2, 1]
     # vote: C's iterate 1 is the only majority-wrong one although its loss is lower;
-    # A is never majority-wrong, so the highest-loss iterate (2) wins the tie
+    # A is never majority-wrong, so the iterate wrong in the most draws (2) wins
     assert _iterate_of(_scripted_pgd(judge_draws=25, criterion="vote")) == [2, 1]
+
+
+def test_worst_judging_prefers_the_iterate_wrong_in_more_draws_over_a_higher_loss():
+    # Sample C's iterate 3 is wrong in 40 % of the draws with a large margin (the higher
+    # loss), iterate 1 in 90 % with a small one. Ranking fooled iterates by loss alone kept
+    # iterate 3, although it survives worst-of-N far more often.
+    x1, x3 = (X0[1:] + k * STEP for k in (1, 3))
+    found = [verdict(Scripted(BANDS), x, Y0[1:], 200, "worst") for x in (x1, x3)]
+    assert found[0].fraction.item() == pytest.approx(0.9, abs=0.06)
+    assert found[1].fraction.item() == pytest.approx(0.4, abs=0.08)
+    assert bool(found[0].fooled) and bool(found[1].fooled)
+    assert found[1].loss.item() > found[0].loss.item()
+    best = BestIterate(x3, found[1].fooled, found[1].fraction, found[1].loss)
+    best.update(x1, found[0].fooled, found[0].fraction, found[0].loss)
+    assert torch.equal(best.x, x1)
 
 
 def test_judge_criteria_on_a_scripted_model():
@@ -90,21 +106,30 @@ def test_judge_criteria_on_a_scripted_model():
         pgd_eot(Scripted(BANDS), X0, Y0, judge_draws=-1, iterations=1)
 
 
-def test_best_iterate_prefers_fooling_then_higher_loss():
+def test_best_iterate_prefers_fooling_then_more_wrong_draws_then_higher_loss():
     best = BestIterate(
-        torch.zeros(3, 1), torch.tensor([False, True, False]), torch.tensor([1.0, 1.0, 5.0])
+        torch.zeros(5, 1),
+        torch.tensor([False, True, False, True, True]),
+        torch.tensor([0.0, 0.5, 0.2, 0.2, 0.5]),
+        torch.tensor([1.0, 1.0, 5.0, 9.0, 1.0]),
     )
-    best.update(torch.ones(3, 1), torch.tensor([True, False, False]), torch.tensor([0.1, 9, 6]))
-    assert best.x.flatten().tolist() == [1.0, 0.0, 1.0]
-    assert best.fooled.tolist() == [True, True, False]
-    assert best.loss.tolist() == pytest.approx([0.1, 1.0, 6.0])
+    best.update(
+        torch.ones(5, 1),
+        torch.tensor([True, False, False, True, True]),
+        torch.tensor([0.1, 0.9, 0.2, 0.6, 0.5]),
+        torch.tensor([0.1, 9.0, 6.0, 0.5, 0.5]),
+    )
+    assert best.x.flatten().tolist() == [1.0, 0.0, 1.0, 1.0, 0.0]
+    assert best.fooled.tolist() == [True, True, False, True, True]
+    assert best.fraction.tolist() == pytest.approx([0.1, 0.5, 0.2, 0.6, 0.5])
+    assert best.loss.tolist() == pytest.approx([0.1, 1.0, 6.0, 0.5, 1.0])
 
 
 def test_restarts_keep_the_best_per_sample():
     verdicts = [
-        (torch.tensor([True, False]), torch.tensor([1.0, 5.0])),
-        (torch.tensor([False, True]), torch.tensor([9.0, 0.1])),
-        (torch.tensor([False, False]), torch.tensor([20.0, 20.0])),
+        (torch.tensor([True, False]), torch.tensor([0.5, 0.0]), torch.tensor([1.0, 5.0])),
+        (torch.tensor([False, True]), torch.tensor([0.0, 0.5]), torch.tensor([9.0, 0.1])),
+        (torch.tensor([False, False]), torch.tensor([0.0, 0.0]), torch.tensor([20.0, 20.0])),
     ]
 
     def run(r: int):

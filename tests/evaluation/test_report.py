@@ -92,13 +92,14 @@ def test_markdown_has_config_table_and_column_notes():
     assert "cifar10" in md and "test-cpu" in md and "kept" in md
     assert "eps = 8/255" in md and "10 iterations" in md and "EOT over 4 draws" in md
     header = (
-        "| method | attack | clean (vote) | robust vote | robust worst-of-5 | gradient "
-        "| levels clean | levels adv | s/img |"
+        "| method | attack | clean (vote) | robust vote | clean worst-of-5 | robust worst-of-5 "
+        "| gradient | levels clean | levels adv | s/img |"
     )
     assert header in md
-    assert "|---|---|---:|---:|---:|---|---:|---:|---:|" in md
+    assert "|---|---|---:|---:|---:|---:|---|---:|---:|---:|" in md
     row = _line(md, "SSNI-N")
     assert row.startswith("| DiffPure + SSNI-N |") and "| 25.0±11.2 |" in row
+    assert "| 50.0 | 37.5 | 25.0 | 12.5 | surrogate |" in row  # clean worst beside robust worst
     assert "| - | - |" in _line(md, "No defence")
     assert "## What each column means" in md
     for phrase in ("majority vote", "every one of N draws", "single / mean", "gradient mode"):
