@@ -196,6 +196,7 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         ("Machine", run.get("machine", config.get("machine"))),
     ]
     lines += [f"- **{name}:** {value}" for name, value in known if value is not None]
+    lines.append(f"- **Convergence:** {_convergence(results.get('convergence'))}")
     shown = {"dataset", "preset", "n_images", "draws", "seed", "attack", "machine", "smoke"}
     lines += [f"- **{key}:** {value}" for key, value in config.items() if key not in shown]
 
@@ -216,6 +217,22 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         f"N = {config.get('draws', 'the number of')} draws of the randomised defence."
     )
     return "\n".join(lines) + "\n"
+
+
+def _convergence(block: Mapping[str, Any] | None) -> str:
+    """Whether the budget converged (:func:`art_ssni.evaluation.sanity.convergence`)."""
+    if not block:
+        return (
+            "not checked in this run; `art-ssni sanity` with the same budget compares its "
+            "robust accuracy with that at twice the iterations on the same images"
+        )
+    verdict = "converged" if block["converged"] else "NOT converged"
+    return (
+        f"{verdict}: robust vote {_percent(block['robust_vote'])} % at {block['iterations']} "
+        f"iterations, {_percent(block['doubled_robust_vote'])} % at "
+        f"{block['doubled_iterations']} on the same {block['images']} images (95 % interval "
+        f"{_interval(block['ci95'])})"
+    )
 
 
 def _interval(bounds: Sequence[float] | None) -> str:

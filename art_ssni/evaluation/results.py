@@ -2,6 +2,11 @@
 
 ``results.json`` is ``{"config": {...}, "run": {...}, "rows": [{...}, ...]}``, plain JSON data.
 
+``convergence`` (optional) says whether the attack budget converged
+(:func:`art_ssni.evaluation.sanity.convergence`: robust accuracy at twice the iterations on
+the same images inside the budget's Wilson interval); results.md says so, or that it was not
+checked.
+
 ``config`` is the run's configuration as the pipeline records it
 (:meth:`art_ssni.config.RunConfig.as_dict`): preset, dataset, n_images, draws (N: the passes
 of the defence each input is judged over), seed, attack and defence settings, smoke (a

@@ -5,7 +5,9 @@ budget grows, more iterations should never raise robust accuracy materially, the
 should beat random noise of the same size, and the undefended classifier should break.
 The attack's own strength is checked too: judging in the loop should never leave
 more samples robust than one-shot, and more restarts should never raise robust accuracy
-(both up to ``tolerance``, since the final judging draws are random).
+(both up to ``tolerance``, since the final judging draws are random). And the budget should
+have converged: twice the iterations on the same images should leave the robust accuracy
+inside the 95 % Wilson interval of the budget's own (:func:`convergence`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from .._rng import as_generator, rand, randn
-from .accuracy import aggregate, predict_draws
+from .accuracy import aggregate, predict_draws, wilson_interval
 from .attacks import per_sample_l2, pgd_eot, project
 
 
@@ -33,6 +35,33 @@ def random_perturbation(
         direction = randn(x.shape, **draw)
         delta = direction / per_sample_l2(direction) * eps
     return x + project(delta, x, norm, eps)
+
+
+def settled(previous: float, current: float, n: int) -> tuple[bool, list[float]]:
+    """Whether the accuracy ``current`` lies inside the 95 % Wilson interval of ``previous``
+    (both shares of the same ``n`` images), and that interval: a change the images cannot
+    resolve."""
+    low, high = wilson_interval(round(previous * n), n)
+    return low - 1e-12 <= current <= high + 1e-12, [low, high]
+
+
+def convergence(by_iterations: Sequence[dict[str, Any]], budget: int, n: int) -> dict | None:
+    """The budget's robust vote against that at twice its iterations (``None`` when the
+    sweep lacks either): ``converged`` when the doubled budget's accuracy lies inside the
+    Wilson interval of the budget's."""
+    found = {row["iterations"]: row["robust_vote"] for row in by_iterations}
+    if budget not in found or 2 * budget not in found:
+        return None
+    converged, interval = settled(found[budget], found[2 * budget], n)
+    return {
+        "iterations": budget,
+        "robust_vote": found[budget],
+        "ci95": interval,
+        "doubled_iterations": 2 * budget,
+        "doubled_robust_vote": found[2 * budget],
+        "images": n,
+        "converged": converged,
+    }
 
 
 def _vote(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> float:
@@ -104,6 +133,7 @@ def sanity_checks(
     undefended_acc = _vote(undefended, x_und, y, 1)
     iteration_accs = [r["robust_vote"] for r in by_iterations]
     restart_accs = [r["robust_vote"] for r in by_restarts]
+    converging = convergence(by_iterations, iterations, int(y.shape[0]))
     checks = {
         "accuracy_falls_with_eps": by_eps[-1]["robust_vote"] <= 0.1,
         "more_iterations_never_help": all(
@@ -117,6 +147,8 @@ def sanity_checks(
         ),
         "undefended_is_broken": undefended_acc <= tolerance,
     }
+    if converging is not None:
+        checks["budget_converged"] = converging["converged"]
     return {
         "by_eps": by_eps,
         "by_iterations": by_iterations,
@@ -125,6 +157,8 @@ def sanity_checks(
         "in_loop": {**in_loop, "robust_vote": in_loop_acc},
         "random_noise_vote": random_acc,
         "undefended_vote": undefended_acc,
+        "convergence": converging,
+        "converged": None if converging is None else converging["converged"],
         "checks": checks,
         "passed": all(checks.values()),
     }

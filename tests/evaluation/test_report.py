@@ -102,6 +102,21 @@ def test_markdown_has_config_table_and_column_notes():
     assert "| 50.0 | 37.5 | 25.0 | 12.5 | surrogate |" in row  # clean worst beside robust worst
     assert "| - | - |" in _line(md, "No defence")
     assert "## What each column means" in md
+    assert "- **Convergence:** not checked in this run; `art-ssni sanity`" in md
+    checked = {
+        "iterations": 10,
+        "robust_vote": 0.5,
+        "doubled_iterations": 20,
+        "doubled_robust_vote": 0.375,
+        "images": 8,
+        "ci95": [0.2152, 0.7848],
+        "converged": True,
+    }
+    md = to_markdown({**_results(), "convergence": checked})
+    assert (
+        "- **Convergence:** converged: robust vote 50.0 % at 10 iterations, 37.5 % at 20 on "
+        "the same 8 images (95 % interval [21.5, 78.5])"
+    ) in md
     for phrase in ("majority vote", "every one of N draws", "single / mean", "gradient mode"):
         assert phrase in md
     assert "noise level t" in md and "wall seconds per image" in md

@@ -1,6 +1,7 @@
 """The attack sanity checks (art_ssni.evaluation.sanity): their numbers, verdicts, random
 perturbations and progress lines."""
 
+import pytest
 import torch
 
 from art_ssni import DiffPure
@@ -45,6 +46,13 @@ def test_sanity_checks_report_their_numbers_and_verdicts(diffusion):
         report["in_loop"]["robust_vote"] <= report["attack_vote"] + 0.05
     )
     assert report["passed"] == all(report["checks"].values())
+    block = report["convergence"]
+    assert (block["iterations"], block["doubled_iterations"], block["images"]) == (4, 8, 16)
+    assert block["robust_vote"] == report["by_iterations"][0]["robust_vote"]
+    assert block["doubled_robust_vote"] == report["by_iterations"][1]["robust_vote"]
+    inside = block["ci95"][0] <= block["doubled_robust_vote"] <= block["ci95"][1]
+    assert report["converged"] == block["converged"] == inside
+    assert report["checks"]["budget_converged"] == inside
     noisy = random_perturbation(x, "Linf", 0.05, torch.Generator().manual_seed(0))
     assert (noisy - x).abs().max() <= 0.05 + 1e-6 and noisy.min() >= 0 and noisy.max() <= 1
     l2 = random_perturbation(x, "L2", 0.5, torch.Generator().manual_seed(0))
@@ -63,3 +71,16 @@ def test_sanity_reports_progress():
     assert len(lines) == 13  # eps x5, iterations x3, at eps, restarts x2, in-loop, undefended
     assert lines[0] == "sanity attack 1/13: eps = 0.05"
     assert lines[-1] == "sanity attack 13/13: the undefended classifier"
+
+
+def test_settled_reads_the_wilson_interval_of_the_budget():
+    from art_ssni.evaluation.accuracy import wilson_interval
+    from art_ssni.evaluation.sanity import convergence, settled
+
+    low, high = wilson_interval(50, 100)
+    assert (low, high) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    assert settled(0.5, 0.55, 100) == (True, [low, high])
+    assert settled(0.5, 0.35, 100)[0] is False and settled(0.5, 0.65, 100)[0] is False
+    sweep = [{"iterations": 5, "robust_vote": 0.5}, {"iterations": 10, "robust_vote": 0.3}]
+    assert convergence(sweep, 5, 100)["converged"] is False
+    assert convergence(sweep, 10, 100) is None  # no run at twice the budget
