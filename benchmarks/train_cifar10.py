@@ -217,8 +217,8 @@ def train_classifier(args: argparse.Namespace) -> dict[str, Any]:
     weights = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     opt = torch.optim.SGD(
         [
-            {"params": weights, "lr": lr, "weight_decay": wd, "base": lr},
-            {"params": biases, "lr": lr * 64, "weight_decay": wd / 64, "base": lr * 64},
+            {"params": weights, "lr": lr, "weight_decay": wd / lr, "base": lr},
+            {"params": biases, "lr": lr * 64, "weight_decay": wd / (lr * 64), "base": lr * 64},
         ],
         momentum=momentum,
         nesterov=True,
@@ -275,8 +275,8 @@ def train_classifier(args: argparse.Namespace) -> dict[str, Any]:
             "batch_size": batch,
             "precision": "bfloat16 autocast, float32 weights",
             "optimizer": f"SGD(momentum={momentum}, nesterov), summed loss, lr "
-            f"{args.classifier_lr}/{kilostep:.0f} (x64 on biases), weight decay "
-            f"{wd:.5f} (/64 on biases), triangular schedule 0.2 -> 1 -> 0.07, lookahead "
+            f"{args.classifier_lr}/{kilostep:.0f} (x64 on biases), decoupled weight decay "
+            f"{wd:.5f} x schedule per step, triangular schedule 0.2 -> 1 -> 0.07, lookahead "
             "every 5 steps",
             "loss": "cross-entropy, label smoothing 0.2",
             "augmentation": "random translation by up to 2 pixels (reflect), alternating flip",
@@ -495,7 +495,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--classifier-widths", type=int, nargs=4, default=[24, 64, 256, 256])
-    p.add_argument("--classifier-epochs", type=float, default=10.0)
+    p.add_argument("--classifier-epochs", type=float, default=16.0)
     p.add_argument("--classifier-batch", type=int, default=1024)
     p.add_argument("--classifier-lr", type=float, default=11.5)
     p.add_argument("--unet-base", type=int, default=16)
