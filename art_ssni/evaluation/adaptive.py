@@ -1,9 +1,9 @@
 """Adaptive attacks on a defence's own machinery, on one steered PGD-EOT loop.
 
 - :func:`selector_constrained_pgd`: SSNI (L and N alike). Ascends the classification loss and,
-  after every step, walks the input's EPS norm back into the clean reference band [reference
-  minimum, reference ``quantile``] along the EPS-norm gradient (alternating projection), so the
-  selector sees a clean-looking input and picks a clean-looking level.
+  at the start and after every step, walks the input's EPS norm back into the clean reference
+  band [reference minimum, reference ``quantile``] along the EPS-norm gradient (alternating
+  projection), so the selector sees a clean-looking input and picks a clean-looking level.
 - :func:`dac_mask_pgd`: DAC. Also descends sum(saliency(x + delta) |delta|), DAC's continuous
   attention map before its threshold (:meth:`~art_ssni.noise.AttentionMask.saliency`) weighted
   by the perturbation, so the strongly noised (attended) region moves off the perturbation.
@@ -233,11 +233,11 @@ def selector_constrained_pgd(
     **kwargs,
 ) -> torch.Tensor:
     """PGD-EOT that keeps the input's EPS norm in the clean band [reference min, reference
-    ``quantile``]: after every step, while a sample's norm (one Monte-Carlo estimate with a
-    seed fixed for the whole attack, so every step sees the same objective) lies outside,
-    it steps along the norm's gradient back (down from above, up from below), at most
-    ``corrections`` times. Works on every policy that maps the EPS norm to levels (SSNI-L,
-    SSNI-N); the levels it reaches are those the runner records."""
+    ``quantile``]: at the start and after every step, while a sample's norm (one Monte-Carlo
+    estimate with a seed fixed for the whole attack, so every step sees the same objective)
+    lies outside, it steps along the norm's gradient back (down from above, up from below),
+    at most ``corrections`` times. Works on every policy that maps the EPS norm to levels
+    (SSNI-L, SSNI-N); the levels it reaches are those the runner records."""
     norm, eps, step = _check_budget(x, y, kwargs)
     require(model, "reference", "selector-constrained")
     if isinstance(quantile, bool) or not isinstance(quantile, (int, float)):

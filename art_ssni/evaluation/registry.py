@@ -71,11 +71,6 @@ class AttackSpec:
     gradient: str | None = None
     breakdown: bool = False
 
-    @property
-    def needs_scores(self) -> bool:
-        """Whether the attack needs a noise policy with scores (SSNI's EPS norm)."""
-        return self.needs == "scores"
-
     def refusal(self, model: nn.Module) -> str | None:
         """Why this attack cannot run on ``model`` (None: it can)."""
         if self.needs is None:

@@ -15,7 +15,7 @@ from torchattacks.attack import Attack
 
 import integrations.robustbench_adapter as rba
 import integrations.torchattacks_adapter as taa
-from art_ssni import DiffPure, EPSNorm, SSNISigmoid
+from art_ssni import DAC, AttentionMask, DiffPure, EPSNorm, MANIPure, SSNISigmoid
 from art_ssni.evaluation import aggregate, gradient_mode, predict_draws
 from art_ssni.evaluation.registry import ATTACKS as ATTACK_SPECS
 from art_ssni.models.defended import DefendedClassifier
@@ -32,7 +32,7 @@ from integrations import (
     write_model_info,
 )
 
-from tiny import TinyClassifier
+from tiny import Probe, TinyClassifier
 
 EPS = 0.1
 
@@ -363,9 +363,13 @@ def test_registered_attack_runs_every_registry_entry_as_torchattacks(name, diffu
         budget["weight"] = 0.5
     outputs = []
     for wrapped in (True, False):
-        model = DefendedClassifier(
-            DiffPure(diffusion, noise=policy, t_star=3, steps=1, surrogate_steps=1), classifier
-        )
+        purifier = DiffPure(diffusion, noise=policy, t_star=3, steps=1, surrogate_steps=1)
+        if spec.needs == "saliency":  # the mask-steering attack needs DAC's attention mask
+            mask = AttentionMask(Probe(), ("first", "second"), threshold=0.5)
+            purifier = DAC(diffusion, mask=mask, noise=policy, t_large=3, t_small=1, stride=2)
+        elif spec.needs == "spectral":  # the spectral attack needs MANI-Pure's spectrum
+            purifier = MANIPure(diffusion, noise=policy, t_star=3, steps=1, bands=2, radius=1.0)
+        model = DefendedClassifier(purifier, classifier)
         model.reseed(0)
         if wrapped:
             outputs.append(RegisteredAttack(model, name, seed=1, **budget)(x, y))
