@@ -58,7 +58,11 @@ class AttackConfig:
 class SSNIConfig:
     """SSNI's EPS measure (T' levels) and reweighting: bias b (per policy in ``biases``, else
     ``bias``), SSNI-N's temperature ``tau`` (None: the reference statistics' standard
-    deviation), SSNI-L's bounds, and the reference images its statistics need."""
+    deviation), SSNI-L's bounds, and the reference images its statistics need.
+
+    ``smoke_statistics`` (smoke runs only) makes the run compute its own statistics at its
+    T' from ``reference_images`` of its images instead of reading a file: they let SSNI run
+    at a smoke run's few levels, and they are no reference."""
 
     num_levels: int = 20
     tau: float | None = None
@@ -66,6 +70,7 @@ class SSNIConfig:
     biases: tuple[tuple[str, float], ...] = ()
     bounds: str = "reference"
     reference_images: int = 5000
+    smoke_statistics: bool = False
 
     def bias_for(self, noise: str) -> float:
         """The bias of the policy ``noise``."""
@@ -191,11 +196,16 @@ class Overrides:
 
 SMOKE = Overrides(
     n_images=2, batch_size=2, iterations=1, eot=1, restarts=1, draws=1, judge_draws=0,
-    steps=2, surrogate_steps=1, runs=1,
+    steps=2, surrogate_steps=1, runs=1, num_levels=1,
 )  # fmt: skip
 """The smoke run every preset starts from under ``quick``: it checks that the pipeline runs
-(2 images, 2 reverse steps, 1 iteration, 1 draw, no in-loop rows), not a result. A preset's
-own ``quick`` overrides are applied after these."""
+(2 images, 2 reverse steps, 1 iteration, 1 draw, no in-loop rows), not a result. SSNI's EPS
+measure takes T' = 1 level, with statistics the run computes at that T' from
+``SMOKE_REFERENCE_IMAGES`` of its own images (``SSNIConfig.smoke_statistics``): at T' = 20
+the EPS passes cost 20 network rows per image each and dominate a smoke run on a full-size
+network. A preset's own ``quick`` overrides are applied after these (the paper presets:
+1 image)."""
+SMOKE_REFERENCE_IMAGES = 2
 
 _ATTACK_FIELDS = {f.name for f in fields(AttackConfig)}
 _SSNI_FIELDS = {"num_levels", "tau"}
@@ -237,7 +247,8 @@ def resolve(
     for layer in [SMOKE, preset.quick, overrides] if quick else [overrides]:
         config = _apply(config, layer)
     if quick:
-        config = replace(config, smoke=True)
+        ssni = replace(config.ssni, smoke_statistics=True, reference_images=SMOKE_REFERENCE_IMAGES)
+        config = replace(config, smoke=True, ssni=ssni)
         if overrides.step is None:
             attack = config.attack
             step = max(attack.step, smoke_step(attack.eps, attack.iterations))
@@ -309,6 +320,11 @@ def check(config: RunConfig, available: int | None = None) -> None:
     for noise in defence.noises:
         get_noise(noise)
     _positive(ssni.num_levels, "num_levels")
+    _positive(ssni.reference_images, "reference_images")
+    if ssni.smoke_statistics and not config.smoke:
+        raise ValueError("smoke_statistics belong to smoke runs (quick) only")
+    if ssni.smoke_statistics and ssni.reference_images < 2:
+        raise ValueError(f"smoke statistics need 2 or more images, got {ssni.reference_images}")
     if ssni.tau is not None and not (math.isfinite(ssni.tau) and ssni.tau > 0):
         raise ValueError(f"tau must be a positive number, got {ssni.tau!r}")
     for name in ("n_images", "draws", "batch_size", "runs"):
@@ -332,6 +348,7 @@ __all__ = [
     "Overrides",
     "RunConfig",
     "SMOKE",
+    "SMOKE_REFERENCE_IMAGES",
     "SSNIConfig",
     "check",
     "resolve",

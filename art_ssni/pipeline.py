@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from .config import ComputeConfig, Overrides, RunConfig, resolve
 from .diffusion.model import DiffusionModel
@@ -280,12 +282,51 @@ def prepare(
             convention=overrides.convention,
         )
     std = setup.stats.std if setup.stats is not None else None
-    config = resolve(
-        preset, overrides, quick=quick, available=int(setup.x.shape[0]), reference_std=std
-    )
+    available = int(setup.x.shape[0])
+    config = resolve(preset, overrides, quick=quick, available=available, reference_std=std)
+    if config.ssni.smoke_statistics and any(
+        get_noise(n).uses_scores for n in config.defence.noises
+    ):
+        setup.stats = smoke_statistics(config, setup)
+        config = resolve(
+            preset, overrides, quick=quick, available=available, reference_std=setup.stats.std
+        )
     if all(own):
         config = replace(config, dataset="user")
     return config, setup
+
+
+def smoke_statistics(config: RunConfig, setup: Setup) -> ReferenceStats:
+    """The reference statistics a smoke run computes for itself: EPS norms at its T' of
+    ``config.ssni.reference_images`` of its own images (fixed subset of the run's seed). They
+    let SSNI run and are no reference (the run is marked as a smoke run). Statistics at hand
+    are still checked against the diffusion model, then set aside: they belong to another T'."""
+    import sys
+
+    ssni, total = config.ssni, int(setup.x.shape[0])
+    if setup.stats is not None:
+        own = EPSNorm(setup.diffusion, setup.stats.num_levels)
+        setup.stats.check(own, setup.diffusion.image_shape)
+    if total < ssni.reference_images:
+        raise ValueError(
+            f"a smoke run computes its statistics from {ssni.reference_images} images, but the "
+            f"data holds only {total}"
+        )
+    replaced = (
+        f", not the statistics at hand (T'={setup.stats.num_levels})"
+        if setup.stats is not None
+        else ""
+    )
+    print(
+        f"art-ssni: smoke run: SSNI's statistics from {ssni.reference_images} of its images at "
+        f"T'={ssni.num_levels}{replaced}",
+        file=sys.stderr,
+    )
+    images = setup.x[subset(total, ssni.reference_images, config.seed)]
+    eps_norm = EPSNorm(setup.diffusion, ssni.num_levels)
+    return ReferenceStats.from_images(
+        eps_norm, images, batch_size=len(images), generator=config.seed, progress=False
+    )
 
 
 def evaluate(
@@ -326,9 +367,7 @@ def sanity(
 ) -> dict[str, Any]:
     """Gradient-masking checks (:func:`~art_ssni.evaluation.sanity.sanity_checks`) on the
     preset's method with the policy ``noise``, attacked with the preset's budget; the
-    report names the defence and its gradient mode."""
-    import sys
-
+    report names the defence and its gradient mode. ``progress``: one bar over the attacks."""
     from .evaluation.sanity import sanity_checks
 
     config, setup = prepare(preset, sources=sources, quick=quick, noises=(noise,), **options)
@@ -339,12 +378,40 @@ def sanity(
     defended.reseed(config.seed)
     undefended = DefendedClassifier(None, setup.classifier, setup.mean, setup.std)
     attack = config.attack
+    bar = AnnouncedBar("sanity", "attack", enabled=progress)
     report = sanity_checks(
         defended, undefended, x, y, norm=attack.norm, eps=attack.eps, step=attack.step,
         iterations=attack.iterations, eot=attack.eot, draws=config.draws, seed=config.seed,
-        progress=(lambda text: print(text, file=sys.stderr, flush=True)) if progress else None,
+        progress=bar.announce,
     )  # fmt: skip
+    bar.close()
     return {**report, "defence": defended.describe(), "gradient": config.defence.gradient}
+
+
+class AnnouncedBar:
+    """One progress bar, with its time estimate, over work announced step by step as lines
+    "... k/total: what" before each step (how the sanity checks report their attacks). The
+    bar appears at the first line, when its total is known; :meth:`close` completes it."""
+
+    def __init__(self, desc: str, unit: str, *, enabled: bool = True) -> None:
+        self.desc, self.unit, self.enabled = desc, unit, enabled
+        self.bar: tqdm | None = None
+
+    def announce(self, line: str) -> None:
+        """Mark the steps before step k done and show what step k does."""
+        found = re.search(r"(\d+)/(\d+)", line)
+        if found is None:
+            raise ValueError(f"a progress line must count its step as k/total, got {line!r}")
+        step, total = int(found[1]), int(found[2])
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, disable=not self.enabled)
+        self.bar.update(step - 1 - self.bar.n)
+        self.bar.set_postfix_str(line.split(": ", 1)[-1])
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.update(self.bar.total - self.bar.n)
+            self.bar.close()
 
 
 def reference_stats(

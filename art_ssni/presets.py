@@ -233,7 +233,12 @@ _CIFAR10_NOTES = (
     "re-implementation feeds it t-1 on the discrete abar (outputs differ by about 2e-2): "
     "`--convention lee-kim` reproduces that.",
 )
+# A smoke run on a paper preset's full-size networks purifies one image: score_sde's DDPM++
+# costs 36.5 GFLOP per network row, about 0.8 s on one core of the dev CPU, and a second image
+# doubles every pass (benchmarks/README.md, "Smoke runs").
+_PAPER_QUICK = Overrides(n_images=1, batch_size=1)
 _CIFAR10: dict[str, Any] = dict(
+    quick=_PAPER_QUICK,
     n_images=512,
     draws=10,
     batch_size=64,
@@ -365,6 +370,7 @@ def _paper_presets() -> tuple[Preset, ...]:
             ),  # fmt: skip
             attack=AttackConfig(eps=4 / 255),
             ssni=SSNIConfig(num_levels=50, tau=160.0),
+            quick=_PAPER_QUICK,
             n_images=512,
             draws=10,
             batch_size=8,

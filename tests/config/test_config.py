@@ -8,7 +8,7 @@ import json
 import pytest
 
 from art_ssni.config import SMOKE, AttackConfig, Overrides, RunConfig, resolve, smoke_step
-from art_ssni.presets import get_preset, list_presets
+from art_ssni.presets import EMBEDDED, get_preset, list_presets
 
 
 def test_a_preset_resolves_to_its_own_run_on_a_concrete_device():
@@ -25,7 +25,11 @@ def test_a_preset_resolves_to_its_own_run_on_a_concrete_device():
 def test_smoke_run_is_the_same_small_run_on_every_preset():
     for name in list_presets():
         config = resolve(name, quick=True)
-        assert (config.n_images, config.batch_size, config.draws, config.runs) == (2, 2, 1, 1)
+        images = 2 if name in EMBEDDED else 1  # the paper presets' full-size networks: 1
+        assert (config.n_images, config.batch_size, config.draws, config.runs) == (
+            images, images, 1, 1,
+        )  # fmt: skip
+        assert (config.ssni.num_levels, config.ssni.reference_images) == (1, 2)
         attack = config.attack
         assert (attack.iterations, attack.eot, attack.restarts, attack.judge_draws) == (1, 1, 1, 0)
         assert config.smoke and not resolve(name).smoke
