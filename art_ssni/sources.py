@@ -117,7 +117,17 @@ def load_setup(
 
         x, y = load_user_images(sources.data, setup.diffusion.image_shape)
         setup = replace(setup, x=x, y=y, name=f"{setup.name} (user data {Path(sources.data).name})")
+    if split == "test" and (sources.classifier or sources.data):
+        check_classifier_fits(setup.classifier, setup.x, setup.y)
     return setup
+
+
+def check_classifier_fits(classifier: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Refuse a classifier whose output is not (batch, classes) logits, or labels it cannot
+    score, before any work (one forward pass on one image)."""
+    from .validation import check_labels, classifier_outputs
+
+    check_labels(y, int(x.shape[0]), classes=classifier_outputs(classifier, x))
 
 
 def _embedded_diffusion(net: torch.nn.Module, shape, name: str, convention: str) -> DiffusionModel:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..validation import check_images
+from ..io import refuse_html
+from ..validation import check_images, check_labels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -40,17 +42,26 @@ def load_user_images(
         size=tuple(image_shape[1:]) if image_shape else None,
         name=f"images in {path}",
     )
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"{path}: y must hold one label per image, got shape {tuple(y.shape)}")
+    check_labels(y, int(x.shape[0]), name=f"labels in {path}")
     return x, y
 
 
 def _npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    refuse_html(path, "--data", "an .npz of images")
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":
+            raise ValueError(
+                f"--data {path} is not an .npz file (no zip archive: numpy.savez writes one); "
+                "give an .npz of arrays x and y, or an ImageFolder tree"
+            )
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
-    except (ValueError, OSError) as err:
-        raise ValueError(f"{path} is not a readable .npz file of arrays x and y: {err}") from err
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"--data {path} is a truncated or corrupt .npz file ({type(err).__name__}: {err}); "
+            "write it again with numpy.savez"
+        ) from None
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
         raise ValueError(f"{path} lacks the arrays {missing} (it holds {sorted(arrays)})")
@@ -84,11 +95,16 @@ def _image_folder(
         for file in sorted((root / name).iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            with Image.open(file) as image:
-                image = image.convert(mode)
-                if image_shape is not None:
-                    image = image.resize((image_shape[2], image_shape[1]), Image.BILINEAR)
-                array = np.asarray(image, dtype=np.float32) / 255.0
+            try:
+                with Image.open(file) as image:
+                    image = image.convert(mode)
+                    if image_shape is not None:
+                        image = image.resize((image_shape[2], image_shape[1]), Image.BILINEAR)
+                    array = np.asarray(image, dtype=np.float32) / 255.0
+            except (OSError, ValueError) as err:
+                raise ValueError(
+                    f"--data image {file} is not a readable image ({type(err).__name__}: {err})"
+                ) from None
             images.append(torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1))
             labels.append(label)
     if not images:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 import warnings
 import zlib
@@ -32,6 +31,8 @@ from .accuracy import aggregate, intervals, predict_with_levels
 from .ensembles import summarise
 from .registry import ATTACKS, get_attack
 from .results import make_row
+from .rundir import clear_run_dir as clear_run_dir
+from .rundir import mark_run_dir
 
 # DiffBreak's names for robust accuracy under in-loop judging with each criterion.
 INLOOP_NAMES = {"worst": "Wor.Rob", "vote": "MV.Rob"}
@@ -364,54 +365,6 @@ def _unit_problem(record: Any, meta: dict[str, Any], draws: int) -> str | None:
             got = tuple(value.shape) if isinstance(value, torch.Tensor) else value
             return f"holds {name} of shape {got}, expected {shape}"
     return None
-
-
-RUN_MARKER = ".art-ssni-run"
-
-
-def mark_run_dir(out_dir: str | os.PathLike) -> None:
-    """Mark ``out_dir`` as written by an evaluation, so that ``--overwrite`` may clear it."""
-    atomic_write_bytes(Path(out_dir) / RUN_MARKER, b"art-ssni evaluation output\n")
-
-
-def clear_run_dir(out_dir: str | os.PathLike) -> None:
-    """Delete a previous evaluation's folder; refuse one that is not ours.
-
-    Only a folder carrying our marker (a run of ours) is removed; an
-    empty folder is left as it is; anything else raises ``ValueError``, since deleting it
-    could destroy the user's files.
-    """
-    out = Path(out_dir)
-    if check_clearable(out):
-        shutil.rmtree(out)
-
-
-def check_clearable(out_dir: str | os.PathLike) -> bool:
-    """Whether ``out_dir`` holds a previous run of ours (``False``: nothing to clear); raise
-    ``ValueError`` for a file, a symlink, the working directory or a folder above it, and a
-    folder without our run marker that holds anything (a ``config.json`` alone may be the
-    user's own)."""
-    out = Path(out_dir)
-    if out.is_symlink():
-        raise ValueError(f"--overwrite refuses to delete {out}: it is a symbolic link")
-    if not out.exists():
-        return False
-    if not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; choose a folder for the results")
-    here = Path.cwd().resolve()
-    if out.resolve() == here or out.resolve() in here.parents:
-        raise ValueError(
-            f"--overwrite refuses to delete {out}: it is the working directory or holds it; "
-            "choose a folder of its own for the results"
-        )
-    if (out / RUN_MARKER).is_file():
-        return True
-    if any(out.iterdir()):
-        raise ValueError(
-            f"--overwrite refuses to delete {out}: it holds files that no art-ssni evaluation "
-            f"wrote (no {RUN_MARKER} marker); choose another --out folder"
-        )
-    return False
 
 
 def barrier(world: int) -> None:
