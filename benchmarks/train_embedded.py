@@ -49,6 +49,7 @@ from art_ssni.models.zoo import ZOO_JSON, sha256_file
 
 CLASSIFIER_FILE = "digits_classifier.safetensors"
 EPS_FILE = "digits_eps.safetensors"
+CLASSIFIER_BATCH = 64
 CLASSIFIER_CONFIG: dict[str, Any] = {
     "in_channels": 1,
     "num_classes": 10,
@@ -122,10 +123,34 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 50
     return correct / len(x)
 
 
+def quiet() -> tqdm:
+    """A bar that shows nothing: the default of the functions that tick the run's bar."""
+    return tqdm(disable=True)
+
+
+def run_steps(n_train: int, args: argparse.Namespace) -> dict[str, int]:
+    """The run's work in steps, part by part: optimiser steps of each model, then network
+    calls over the test set in the evaluation (one bar counts them all)."""
+    evaluation = 4 * 8 + sum(PURIFY_LEVELS) + EPS_LEVELS * (1 + len(NOISE_SIZES))
+    return {
+        "classifier": args.classifier_epochs * math.ceil(n_train / CLASSIFIER_BATCH),
+        "diffusion": args.diffusion_steps,
+        "evaluation": evaluation,
+    }
+
+
 def train_classifier(
-    x: torch.Tensor, y: torch.Tensor, *, epochs: int, seed: int, batch_size: int = 64
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    seed: int,
+    batch_size: int = CLASSIFIER_BATCH,
+    bar: tqdm | None = None,
 ) -> tuple[SmallCNN, dict[str, Any]]:
-    """Cross-entropy training with +-1 pixel shift augmentation, AdamW, cosine LR."""
+    """Cross-entropy training with +-1 pixel shift augmentation, AdamW, cosine LR; ``bar``
+    advances by one per optimiser step."""
+    bar = quiet() if bar is None else bar
     torch.manual_seed(seed)
     model = SmallCNN(**CLASSIFIER_CONFIG)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -133,7 +158,8 @@ def train_classifier(
     steps_per_epoch = math.ceil(len(x) / batch_size)
     total = epochs * steps_per_epoch
     step = 0
-    for _ in tqdm(range(epochs), desc="classifier", unit="epoch", mininterval=2.0):
+    bar.set_postfix_str("classifier")
+    for _ in range(epochs):
         model.train()
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), batch_size):
@@ -145,6 +171,7 @@ def train_classifier(
             loss.backward()
             opt.step()
             step += 1
+            bar.update()
     model.eval()
     meta = {
         "seed": seed,
@@ -175,8 +202,11 @@ def train_diffusion(
     batch_size: int = 128,
     lr: float = 2e-3,
     ema_decay: float = 0.999,
+    bar: tqdm | None = None,
 ) -> tuple[SmallUNet, dict[str, Any]]:
-    """Standard DDPM eps-prediction training with small-k oversampling; returns the EMA net."""
+    """Standard DDPM eps-prediction training with small-k oversampling; returns the EMA net.
+    ``bar`` advances by one per optimiser step."""
+    bar = quiet() if bar is None else bar
     torch.manual_seed(seed)
     net = SmallUNet(**UNET_CONFIG)
     ema = copy.deepcopy(net).requires_grad_(False)
@@ -186,8 +216,8 @@ def train_diffusion(
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
     warmup = min(200, steps // 10 + 1)
     running = None
-    bar = tqdm(range(steps), desc="diffusion", unit="step", mininterval=5.0)
-    for step in bar:
+    bar.set_postfix_str("diffusion")
+    for step in range(steps):
         idx = torch.randint(0, len(x0_all), (batch_size,), generator=gen)
         k = sample_timesteps(batch_size, gen)
         eps = torch.randn(x0_all[idx].shape, generator=gen)
@@ -204,8 +234,9 @@ def train_diffusion(
             for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
                 p_ema.lerp_(p, 1.0 - decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.update()
         if step % 100 == 0:
-            bar.set_postfix(loss=f"{running:.4f}")
+            bar.set_postfix_str(f"diffusion, loss {running:.4f}")
     ema.eval()
     meta = {
         "seed": seed,
@@ -228,9 +259,14 @@ def train_diffusion(
 
 @torch.no_grad()
 def eps_mse_by_band(
-    net: nn.Module, x: torch.Tensor, abar: torch.Tensor, gen: torch.Generator
+    net: nn.Module,
+    x: torch.Tensor,
+    abar: torch.Tensor,
+    gen: torch.Generator,
+    bar: tqdm | None = None,
 ) -> dict[str, float]:
     """Held-out eps-MSE of ``net`` in bands of k (every image at 8 random k per band)."""
+    bar = quiet() if bar is None else bar
     out = {}
     x0 = 2.0 * x - 1.0
     for lo, hi in ((0, 20), (20, 100), (100, 300), (300, 1000)):
@@ -239,13 +275,19 @@ def eps_mse_by_band(
             k = torch.randint(lo, hi, (len(x0),), generator=gen)
             eps = torch.randn(x0.shape, generator=gen)
             losses.append(diffusion_loss(net, x0, k, abar, eps).item())
+            bar.update()
         out[f"k{lo}-{hi - 1}"] = float(np.mean(losses))
     return out
 
 
 @torch.no_grad()
 def ddpm_purify(
-    net: nn.Module, x: torch.Tensor, level: int, abar: torch.Tensor, gen: torch.Generator
+    net: nn.Module,
+    x: torch.Tensor,
+    level: int,
+    abar: torch.Tensor,
+    gen: torch.Generator,
+    bar: tqdm | None = None,
 ) -> torch.Tensor:
     """Noise [0,1] images to ``level`` (index level-1) and run ancestral DDPM back to 0.
 
@@ -253,6 +295,7 @@ def ddpm_purify(
     x0_hat = (x - sqrt(1-a) eps)/sqrt(a), x' = sqrt(a') x0_hat + c1 z + c2 eps with
     c1 = sqrt((1-a/a')(1-a')/(1-a)), c2 = sqrt(1-a'-c1^2), a' = abar[i-1] (1 at i = 0).
     """
+    bar = quiet() if bar is None else bar
     if level <= 0:
         return x.clone()
     abar32 = abar.to(torch.float32)
@@ -264,6 +307,7 @@ def ddpm_purify(
         a = abar[i]
         a_prev = abar[i - 1] if i > 0 else torch.ones((), dtype=torch.float64)
         eps = net(h, torch.full((len(h),), i, dtype=torch.long))
+        bar.update()
         x0_hat = (h - (1 - a).sqrt().float() * eps) / a.sqrt().float()
         c1 = ((1 - a / a_prev) * (1 - a_prev) / (1 - a)).clamp(min=0).sqrt()
         c2 = (1 - a_prev - c1**2).clamp(min=0).sqrt()
@@ -275,9 +319,14 @@ def ddpm_purify(
 
 @torch.no_grad()
 def eps_norms(
-    net: nn.Module, x: torch.Tensor, abar: torch.Tensor, gen: torch.Generator
+    net: nn.Module,
+    x: torch.Tensor,
+    abar: torch.Tensor,
+    gen: torch.Generator,
+    bar: tqdm | None = None,
 ) -> torch.Tensor:
     """Per-sample L2 norm of the score averaged over indices 0..EPS_LEVELS-1 (fresh noise)."""
+    bar = quiet() if bar is None else bar
     x0 = 2.0 * x - 1.0
     total = torch.zeros_like(x0)
     for i in range(EPS_LEVELS):
@@ -285,32 +334,42 @@ def eps_norms(
         sigma = (1 - a).sqrt()
         x_k = a.sqrt() * x0 + sigma * torch.randn(x0.shape, generator=gen)
         total += -net(x_k, torch.full((len(x0),), i, dtype=torch.long)) / sigma
+        bar.update()
     return (total / EPS_LEVELS).flatten(1).norm(dim=1)
 
 
 def evaluate(
-    classifier: nn.Module, eps_net: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int
+    classifier: nn.Module,
+    eps_net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    seed: int,
+    bar: tqdm | None = None,
 ) -> dict[str, Any]:
-    """Clean/purified accuracy, EPS norms clean vs noisy, held-out eps-MSE by band."""
+    """Clean/purified accuracy, EPS norms clean vs noisy, held-out eps-MSE by band; ``bar``
+    advances by one per network call over the test set."""
+    bar = quiet() if bar is None else bar
+    bar.set_postfix_str("evaluation")
     abar = alphas_cumprod()
     gen = torch.Generator().manual_seed(seed + 2)
     result: dict[str, Any] = {"num_test_images": len(x), "eval_seed": seed + 2}
     result["clean_accuracy"] = accuracy(classifier, x, y)
-    result["eps_mse_test"] = eps_mse_by_band(eps_net, x, abar, gen)
+    result["eps_mse_test"] = eps_mse_by_band(eps_net, x, abar, gen, bar)
     purified = {}
-    for level in tqdm(PURIFY_LEVELS, desc="purify", unit="level"):
-        purified[str(level)] = accuracy(classifier, ddpm_purify(eps_net, x, level, abar, gen), y)
+    for level in PURIFY_LEVELS:
+        purified_x = ddpm_purify(eps_net, x, level, abar, gen, bar)
+        purified[str(level)] = accuracy(classifier, purified_x, y)
     result["purified_accuracy"] = purified
     result["purification"] = (
         "forward-noise to level k* (index k*-1), ancestral DDPM (eta=1) over levels k*..1, "
         "no clipping of x0_hat, output clamped to [0,1]; one draw"
     )
-    clean = eps_norms(eps_net, x, abar, gen)
+    clean = eps_norms(eps_net, x, abar, gen, bar)
     norms: dict[str, Any] = {"clean": {"mean": clean.mean().item(), "std": clean.std().item()}}
     for name, size in NOISE_SIZES.items():
         noise = (torch.rand(x.shape, generator=gen) * 2.0 - 1.0) * size
         x_noisy = (x + noise).clamp(0.0, 1.0)
-        noisy = eps_norms(eps_net, x_noisy, abar, gen)
+        noisy = eps_norms(eps_net, x_noisy, abar, gen, bar)
         labels = np.r_[np.zeros(len(clean)), np.ones(len(noisy))]
         scores = torch.cat([clean, noisy]).numpy()
         norms[name] = {
@@ -368,14 +427,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cpu_start = time.process_time()
     x_train, y_train = load_digits("train", seed=args.split_seed)
     x_test, y_test = load_digits("test", seed=args.split_seed)
+    steps = run_steps(len(x_train), args)
+    bar = tqdm(total=sum(steps.values()), desc="train_embedded", unit="step", mininterval=2.0)
 
     t0 = time.perf_counter()
     classifier, cls_meta = train_classifier(
-        x_train, y_train, epochs=args.classifier_epochs, seed=args.seed
+        x_train, y_train, epochs=args.classifier_epochs, seed=args.seed, bar=bar
     )
     cls_meta["train_time_s"] = round(time.perf_counter() - t0, 1)
     cls_acc = accuracy(classifier, x_test, y_test)
-    print(f"classifier test accuracy {cls_acc:.4f} ({cls_meta['train_time_s']} s)")
+    bar.write(f"classifier test accuracy {cls_acc:.4f} ({cls_meta['train_time_s']} s)")
 
     t0 = time.perf_counter()
     eps_net, eps_meta = train_diffusion(
@@ -383,13 +444,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steps=args.diffusion_steps,
         seed=args.seed + 100,
         batch_size=args.diffusion_batch_size,
+        bar=bar,
     )
     eps_meta["train_time_s"] = round(time.perf_counter() - t0, 1)
-    print(f"diffusion trained ({eps_meta['train_time_s']} s)")
+    bar.write(f"diffusion trained ({eps_meta['train_time_s']} s)")
 
     t0 = time.perf_counter()
-    evaluation = evaluate(classifier, eps_net, x_test, y_test, args.seed)
+    evaluation = evaluate(classifier, eps_net, x_test, y_test, args.seed, bar)
     evaluation["eval_time_s"] = round(time.perf_counter() - t0, 1)
+    bar.close()
     evaluation["eps_net_forward_ms_batch512"] = forward_time_ms(eps_net)
 
     args.out.mkdir(parents=True, exist_ok=True)
