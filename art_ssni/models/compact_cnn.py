@@ -56,7 +56,9 @@ class CompactCNN(nn.Module):
             is 2 or 6 forward passes.
 
     ``config`` holds the keyword arguments as plain data, so ``CompactCNN(**net.config)``
-    rebuilds the architecture.
+    rebuilds the architecture. Module names do not depend on the stem (the whitening stem's
+    second slot is an identity): the three blocks are always ``net.3``, ``net.4`` and
+    ``net.5``, which DAC's attention layers name.
     """
 
     def __init__(
@@ -103,7 +105,7 @@ class CompactCNN(nn.Module):
                 nn.BatchNorm2d(w[0]),
             ]
         else:
-            first = [nn.Conv2d(channels, w[0], 2, padding=0, bias=True)]
+            first = [nn.Conv2d(channels, w[0], 2, padding=0, bias=True), nn.Identity()]
         self.net = nn.Sequential(
             *first,
             nn.GELU(),

@@ -59,3 +59,10 @@ def test_config_rebuilds_and_defaults_keep_the_old_layout() -> None:
 def test_bad_options_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         CompactCNN(**kwargs)
+
+
+def test_block_names_do_not_depend_on_the_stem() -> None:
+    for stem, width in (("conv", 32), ("whiten", 24)):
+        net = CompactCNN(widths=[width, 8, 8, 8], stem=stem)
+        names = dict(net.named_modules())
+        assert all(isinstance(names[f"net.{i}.6"], torch.nn.GELU) for i in (3, 4, 5))
