@@ -34,10 +34,16 @@ from art_ssni.presets import get_preset
 from art_ssni.purification.registry import get_method
 
 
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except ValueError:  # imported already, without a spec (a stand-in module)
+        return True
+
+
 def default_attacks() -> tuple[str, ...]:
     """Every registered attack whose code is installed (AutoAttack needs its package)."""
-    installed = importlib.util.find_spec("autoattack") is not None
-    return tuple(name for name in ATTACKS if name != "autoattack" or installed)
+    return tuple(name for name in ATTACKS if name != "autoattack" or _installed("autoattack"))
 
 
 def _names(text: str | None, default: Sequence[str]) -> tuple[str, ...]:
@@ -161,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     preset = get_preset(args.preset)
     methods = _names(args.methods, preset.methods)
     noises = _names(args.noises, NOISES)
-    attacks = _names(args.attacks, default_attacks())
+    attacks = _names(args.attacks, ()) or default_attacks()
     out = Path(args.out)
     entries: list[dict[str, Any]] = []
     wall: dict[str, float] = {}

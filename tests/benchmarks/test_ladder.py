@@ -38,3 +38,22 @@ def test_smoke_run_on_digits(tmp_path, one_thread):
     text = (out / "ladder.md").read_text()
     assert "Smoke run" in text and "2 iterations" not in text and "1 iterations" in text
     assert sum(line.startswith("| DAC |") for line in text.splitlines()) == 4
+
+
+def test_autoattack_joins_only_where_its_package_is(monkeypatch):
+    import importlib.util
+    import sys
+    import types
+
+    real = importlib.util.find_spec
+
+    def missing(name, *args):
+        return None if name == "autoattack" else real(name, *args)
+
+    monkeypatch.delitem(sys.modules, "autoattack", raising=False)
+    monkeypatch.setattr(ladder.importlib.util, "find_spec", missing)
+    assert "autoattack" not in ladder.default_attacks()
+    assert "ensemble" in ladder.default_attacks()
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "autoattack", types.ModuleType("autoattack"))  # no spec
+    assert "autoattack" in ladder.default_attacks()
