@@ -164,6 +164,8 @@ def steered_pgd(
     check_judging(judge_draws, criterion)
     if correct is not None and basis is not None:
         raise ValueError("a correction acts on delta itself: it needs the identity basis")
+    if basis is not None and shape is None:
+        raise ValueError("a basis needs the shape of the variable it maps to a perturbation")
     generator = as_generator(generator, x.device)
     x = x.detach()
     shape = tuple(x.shape) if basis is None else tuple(shape)
