@@ -259,3 +259,14 @@ def test_low_frequency_perturbation_is_an_upsampled_coarse_one_and_breaks_a_clas
         assert float((classifier(x_adv).argmax(1) == y).float().mean()) < 0.5
     with pytest.raises(ValueError, match="factor"):
         low_frequency_pgd(undefended, x, y, factor=0, **budget)
+
+
+def test_the_steered_loop_names_a_missing_shape_or_a_correction_off_the_identity():
+    from art_ssni.evaluation.adaptive import steered_pgd
+
+    model = ScriptedDAC()
+    with pytest.raises(ValueError, match="shape of the variable"):
+        steered_pgd(model, X, Y, basis=lambda v: v, **ATTACK)
+    with pytest.raises(ValueError, match="identity basis"):
+        steered_pgd(model, X, Y, basis=lambda v: v, shape=X.shape,
+                    correct=lambda x, d: d, **ATTACK)  # fmt: skip
