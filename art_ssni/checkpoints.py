@@ -18,19 +18,46 @@ import torch
 
 from .io import refuse_html
 
-__all__ = ["read_checkpoint"]
+__all__ = ["describe_load_error", "read_checkpoint", "without_unsafe_advice"]
+
+_CODE = (
+    re.compile(r"(?i)unsupported (?:global: )?GLOBAL ([\w.]+)"),
+    re.compile(r"unrecognized function (\S+)"),
+    re.compile(r"Can only (?:build|create new object)[^<]*<class '([\w.]+)'>"),
+)
+_ADVICE = re.compile(r"weights_only|safe_globals|pickle\.load|trust", re.IGNORECASE)
 
 
-def _describe(err: Exception) -> str:
+def without_unsafe_advice(text: str) -> str:
+    """torch's loading message without its wrapper and without its advice to load unsafely
+    (``weights_only=False`` runs whatever code the file carries: never suggested here)."""
+    inner = re.search(r"WeightsUnpickler error: (.*)", text, flags=re.S)
+    text = inner.group(1) if inner else text
+    text = re.sub(r"Weights only load failed\.?", "", text)
+    kept: list[str] = []
+    for sentence in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
+        if not sentence or _ADVICE.search(sentence):
+            continue
+        if kept and len(" ".join([*kept, sentence])) > 160:
+            break
+        kept.append(sentence)
+    return " ".join(kept)[:200]
+
+
+def describe_load_error(err: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, in words for the user: a file that
+    pickles Python objects (code) or a truncated or corrupt one; never torch's advice to retry
+    with ``weights_only=False``."""
     text = str(err)
-    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if match:
-        return (
-            f"it pickles Python objects ({match.group(1)}), not only tensors, and weights-only "
-            "loading does not run them; re-save just its state_dict with "
-            "torch.save(model.state_dict(), path) from a source you trust"
-        )
-    cause = f"{type(err).__name__}: {text.split('. ')[0].strip()[:80] or 'end of file'}"
+    for pattern in _CODE:
+        match = pattern.search(text)
+        if match:
+            return (
+                f"it pickles Python objects ({match.group(1)}), not only tensors, and "
+                "weights-only loading does not run them; re-save just its state_dict with "
+                "torch.save(model.state_dict(), path) from a source you trust"
+            )
+    cause = f"{type(err).__name__}: {without_unsafe_advice(text) or 'end of file'}"
     if isinstance(err, (pickle.UnpicklingError, EOFError)) or re.search(
         r"PytorchStreamReader|corrupt|zip|magic number", text
     ):
@@ -65,5 +92,5 @@ def read_checkpoint(
     except Exception as err:
         raise ValueError(
             f"could not read {what} {path} ({size} bytes) with torch.load(weights_only=True): "
-            f"{_describe(err)}"
+            f"{describe_load_error(err)}"
         ) from err

@@ -102,8 +102,10 @@ def check_labels(y: object, n: int, *, classes: int | None = None, name: str = "
 def classifier_outputs(classifier: torch.nn.Module, x: torch.Tensor) -> int:
     """The number of classes ``classifier`` scores, from one forward pass on ``x[:1]``; a
     ``ValueError`` when it does not return a (batch, classes) tensor of finite logits."""
-    param = next((p for p in classifier.parameters()), None)
+    param = next((p for p in classifier.parameters() if p.is_floating_point()), None)
     sample = x[:1].to(param.device if param is not None else "cpu")
+    if param is not None and sample.is_floating_point():
+        sample = sample.to(param.dtype)
     try:
         with torch.no_grad():
             out = classifier(sample)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import pickle
 import socket
 import types
 from collections.abc import Mapping, Sequence
@@ -34,11 +35,12 @@ import torch
 from torch import nn
 
 from art_ssni._compat import import_torchvision
-from art_ssni.checkpoints import read_checkpoint
+from art_ssni.checkpoints import describe_load_error, read_checkpoint, without_unsafe_advice
 from art_ssni.evaluation.autoattack import autoattack_rand, format_eps
 from art_ssni.io import atomic_write_text, refuse_html
 from art_ssni.models.classifiers import _as_state_dict, _freeze
 from art_ssni.models.defended import DefendedClassifier
+from art_ssni.validation import check_images, check_labels, check_number
 
 from .autoattack_compat import install as install_autoattack
 
@@ -226,7 +228,14 @@ def load_classifier(
         for file in files:
             if file.is_file():
                 _check_file(file, what)
-        raise RuntimeError(f"robustbench could not load {what}: {err}") from err
+        text = str(err)
+        loading = isinstance(err, pickle.UnpicklingError) or "Weights only" in text
+        reason = (
+            describe_load_error(err)
+            if loading
+            else f"{type(err).__name__}: {without_unsafe_advice(text)}"
+        )
+        raise ValueError(f"robustbench could not load {what}: {reason}") from err
     return _freeze(model)
 
 
@@ -434,6 +443,11 @@ def benchmark_purified(
         )
     if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1:
         raise ValueError(f"n_examples must be an integer >= 1, got {n_examples!r}")
+    for name, value in (("draws", draws), ("batch_size", batch_size), ("eot_iter", eot_iter)):
+        check_number(value, name, low=1, integer=True)
+    check_number(n_iter, "n_iter", low=1, integer=True)
+    if eps is not None:
+        check_number(eps, "eps", low=0.0, low_open=True)
     if to_disk and not model_name:
         raise ValueError("to_disk=True needs model_name (the JSON file's name)")
     info = dict(info or {})
@@ -454,7 +468,9 @@ def benchmark_purified(
         raise ValueError("give both x and y, or neither")
     if x is None:
         x, y = _load_data(dataset_, threat_, n_examples, data_dir, preprocessing, model_name)
-    x, y = x[:n_examples], y[:n_examples]
+    check_images(x)
+    check_labels(y, int(x.shape[0]))
+    x, y = x[:n_examples].float(), y[:n_examples]
     if device is not None:
         model = model.to(device)
     if getattr(model, "training", False):

@@ -39,10 +39,18 @@ from art_ssni.evaluation.attacks import (
 from art_ssni.evaluation.registry import get_attack
 from art_ssni.io import atomic_torch_save
 from art_ssni.models.defended import DefendedClassifier
+from art_ssni.validation import check_images, check_labels, check_number
 
 JUDGES = ("vote", "worst")
 
 __all__ = ["BPDAEOT", "EOTAttack", "JUDGES", "PGDEOT", "RegisteredAttack", "SelectorAwarePGD"]
+
+
+def _checked(images: Any, labels: Any) -> None:
+    """torchattacks' inputs: a non-empty finite [0, 1] image batch and one integer label per
+    image, as tensors (a TypeError or ValueError names the problem)."""
+    check_images(images, name="images")
+    check_labels(labels, int(images.shape[0]), name="labels")
 
 
 def _check_normalisation(attack: Attack) -> None:
@@ -119,10 +127,10 @@ class PGDEOT(Attack):
         super().__init__(type(self).__name__, model)
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-        if not eps > 0 or not alpha > 0:
-            raise ValueError(f"eps and alpha must be positive, got eps={eps}, alpha={alpha}")
-        if steps < 0 or eot_iter < 1:
-            raise ValueError(f"need steps >= 0 and eot_iter >= 1, got {steps} and {eot_iter}")
+        check_number(eps, "eps", low=0.0, low_open=True)
+        check_number(alpha, "alpha", low=0.0, low_open=True)
+        check_number(steps, "steps", low=0, integer=True)
+        check_number(eot_iter, "eot_iter", low=1, integer=True)
         self.norm = norm
         self.eps = eps
         self.alpha = alpha
@@ -151,6 +159,7 @@ class PGDEOT(Attack):
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         _check_normalisation(self)
+        _checked(images, labels)
         images = images.clone().detach().to(self.device)
         labels = labels.clone().detach().to(self.device)
         if self.targeted:
@@ -184,8 +193,7 @@ class SelectorAwarePGD(PGDEOT):
         weight: float = 1.0,
     ) -> None:
         super().__init__(model, eps, alpha, steps, eot_iter, random_start, norm=norm, seed=seed)
-        if not weight > 0:
-            raise ValueError(f"selector weight must be positive, got {weight}")
+        check_number(weight, "weight (the selector weight)", low=0.0, low_open=True)
         self.weight = weight
 
     def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -216,6 +224,7 @@ class RegisteredAttack(Attack):
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         _check_normalisation(self)
+        _checked(images, labels)
         images = images.clone().detach().to(self.device)
         labels = labels.clone().detach().to(self.device)
         model: nn.Module = self.model
@@ -262,8 +271,7 @@ class EOTAttack(Attack):
             raise ValueError(f"n_draws must be an integer >= 1, got {n_draws!r}")
         if judge not in JUDGES:
             raise ValueError(f"judge must be one of {JUDGES}, got {judge!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_number(batch_size, "batch_size", low=1, integer=True)
         super().__init__("EOTAttack", attacks[0].model)
         self.attacks = attacks
         self.n_draws = n_draws
@@ -332,6 +340,7 @@ class EOTAttack(Attack):
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         _check_normalisation(self)
+        _checked(images, labels)
         images = images.clone().detach().to(self.device)
         labels = labels.clone().detach().to(self.device)
         final = images.clone()

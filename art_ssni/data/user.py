@@ -57,7 +57,14 @@ def _npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+    except ValueError as err:
+        if "allow_pickle" not in str(err):
+            raise ValueError(f"--data {path} is a truncated or corrupt .npz file ({err})") from None
+        raise ValueError(
+            f"--data {path} holds Python objects (object arrays), which are never unpickled; "
+            "save x and y as numeric arrays with numpy.savez"
+        ) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(
             f"--data {path} is a truncated or corrupt .npz file ({type(err).__name__}: {err}); "
             "write it again with numpy.savez"

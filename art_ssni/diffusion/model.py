@@ -354,6 +354,9 @@ class DiffusionModel(nn.Module):
     ) -> DiffusionModel:
         """Wrap a diffusers ``UNet2DModel`` (an instance, a local folder or, online, a hub id).
 
+        A ``Path``, or a string not of the form ``owner/name``, is a local folder and is never
+        looked up online (a missing one is a ``FileNotFoundError``).
+
         A pipeline folder (``unet/`` and ``scheduler/``) is accepted; the linear DDPM schedule
         is read from its scheduler config when no schedule is given. ``convention`` as for
         :meth:`from_guided_diffusion` (a DDPM-trained network).
@@ -381,6 +384,16 @@ def _first_float_parameter(net: nn.Module) -> torch.Tensor | None:
     return next((p for p in net.parameters() if p.is_floating_point()), None)
 
 
+def _looks_like_hub_id(source: str | os.PathLike) -> bool:
+    """Whether ``source`` is a hub id: a string ``owner/name``. A ``Path``, an absolute path,
+    ``./name`` and paths of more or fewer levels are local (never looked up online)."""
+    import re
+
+    if not isinstance(source, str):
+        return False
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source) is not None
+
+
 def _load_diffusers_unet(unet_cls, source, schedule):
     """A UNet2DModel from a local folder (model or pipeline layout) or a hub id, with schedule."""
     import json
@@ -388,11 +401,24 @@ def _load_diffusers_unet(unet_cls, source, schedule):
     from diffusers import DDPMScheduler
 
     path = Path(source)
+    local = path.exists() or not _looks_like_hub_id(source)
+    if local and not path.exists():
+        raise FileNotFoundError(
+            f"diffusers model folder {source} does not exist (nothing is looked up online for "
+            "a local path; a hub id has the form 'owner/name')"
+        )
+    if local and not path.is_dir():
+        raise ValueError(
+            f"{source} is a file, not a diffusers model folder (config.json and the weights, "
+            "or a pipeline's unet/ and scheduler/)"
+        )
     subfolder = "unet" if (path / "unet").is_dir() else None
     try:
-        unet = unet_cls.from_pretrained(os.fspath(source), subfolder=subfolder)
+        unet = unet_cls.from_pretrained(
+            os.fspath(source), subfolder=subfolder, local_files_only=local
+        )
     except (OSError, ValueError) as err:
-        where = "local folder" if path.exists() else "hub id (needs a network connection)"
+        where = "local folder" if local else "hub id (needs a network connection)"
         raise ValueError(
             f"could not load a diffusers UNet2DModel from {where} {source}: {err}"
         ) from err
@@ -403,7 +429,7 @@ def _load_diffusers_unet(unet_cls, source, schedule):
         if candidate.is_file():
             config = json.loads(candidate.read_text())
             break
-    if config is None and not path.exists():
+    if config is None and not local:
         for sub in (None, "scheduler"):
             try:
                 config = dict(DDPMScheduler.load_config(os.fspath(source), subfolder=sub))

@@ -13,7 +13,6 @@ import importlib.util
 import os
 import sys
 import types
-import urllib.error
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -226,23 +225,15 @@ def load_cifar10_wideresnet(
 
 
 def _torchvision_resnet50_state_dict() -> dict[str, torch.Tensor]:
-    """IMAGENET1K_V1 from torch hub's cache, downloading it only when that is possible."""
+    """IMAGENET1K_V1 from torch hub's cache; never downloaded (see ``_OFFLINE``)."""
     cache = Path(torch.hub.get_dir()) / "checkpoints" / RESNET50_V1_FILE
-    if cache.is_file():
-        return _as_state_dict(read_checkpoint(cache, "ResNet-50"), cache, "ResNet-50")
-    tv = import_torchvision()
-    url = tv.models.ResNet50_Weights.IMAGENET1K_V1.url
-    try:
-        state_dict = torch.hub.load_state_dict_from_url(
-            url, progress=True, check_hash=True, weights_only=True
-        )
-    except (urllib.error.URLError, OSError) as err:
+    if not cache.is_file():
         raise FileNotFoundError(
-            f"ResNet-50 IMAGENET1K_V1 weights are not in torch hub's cache ({cache}) and the "
-            f"download from {url} failed ({err}); offline, copy torchvision's "
-            f"{RESNET50_V1_FILE} to that path or pass weights_path="
-        ) from err
-    return _as_state_dict(state_dict, cache, "ResNet-50")
+            f"ResNet-50 IMAGENET1K_V1 weights are not in torch hub's cache ({cache}); "
+            f"{_OFFLINE}: copy torchvision's {RESNET50_V1_FILE} to that path, or pass "
+            "weights_path="
+        )
+    return _as_state_dict(read_checkpoint(cache, "ResNet-50"), cache, "ResNet-50")
 
 
 def load_imagenet_resnet50(
@@ -251,9 +242,9 @@ def load_imagenet_resnet50(
     """torchvision's ResNet-50 (IMAGENET1K_V1) behind ImageNet normalisation and a 224 resize.
 
     ``weights_path`` is a plain state_dict as torchvision saves it (its cache file
-    ``resnet50-0676ba61.pth``). Without it the weights come from torch hub's cache, or are
-    downloaded where the machine is online; offline with no cached file this raises a
-    ``FileNotFoundError`` naming the expected path. Returns an eval-mode, frozen
+    ``resnet50-0676ba61.pth``). Without it the weights come from torch hub's cache; nothing
+    is downloaded, and with no cached file this raises a ``FileNotFoundError`` naming the
+    expected path. Returns an eval-mode, frozen
     :class:`NormalizedClassifier` that takes [0, 1] images of any size (256 from the
     diffusion model) and resizes them to 224.
     """

@@ -4,6 +4,7 @@ conventions (keywords, clipping, channels-last, set_params, argument order, targ
 import subprocess
 import sys
 
+import numpy as np
 import torch
 
 import integrations  # noqa: F401  (installs the autoattack module robustbench imports)
@@ -75,8 +76,49 @@ def test_art_keywords_clip_and_channels_last(diffusion, images):
     assert torch.equal(nhwc, nchw.permute(0, 2, 3, 1))
     with pytest.raises(ValueError, match=r"clip_values=None"):
         _art_defence(diffusion).forward(wide)
-    with pytest.raises(ValueError, match="clip_values must be"):
-        _art_defence(diffusion, clip_values=(0, 255))
+    for bad in ((1, 0), (0, float("nan")), (0,), "0-255"):
+        with pytest.raises(ValueError, match="clip_values must be"):
+            _art_defence(diffusion, clip_values=bad)
+
+
+def test_art_defence_takes_the_classifier_s_0_255_range(diffusion, images):
+    """A classifier on [0, 255] images (ART clip_values=(0, 255)) takes the defence with the
+    same clip_values: it purifies x / 255 and returns 255 times the result, the same draw as
+    on [0, 1] images; without them the error names clip_values=(0, 255), not the data."""
+    import pytest
+
+    pixels = images * 255
+    scaled, _ = _art_defence(diffusion, clip_values=(0, 255)).forward(pixels)
+    unit, _ = _art_defence(diffusion).forward(images)
+    torch.testing.assert_close(scaled, unit * 255, rtol=0, atol=1e-3)
+    assert float(scaled.max()) > 1.5
+    with pytest.raises(ValueError, match=r"\[0, 255\] pixels.*clip_values=\(0, 255\)"):
+        _art_defence(diffusion).forward(pixels)
+
+
+def test_plain_art_class_gradient_refuses_eot_it_cannot_average(diffusion, images):
+    """ART's class_gradient passes no labels, so the defence cannot expand the batch over its
+    eot_samples draws: a plain PyTorchClassifier refuses instead of silently using one draw;
+    VotingPyTorchClassifier averages its own draws and is served."""
+    import pytest
+    from art.estimators.classification import PyTorchClassifier
+
+    from art_ssni.defences import VotingPyTorchClassifier
+
+    def classifier(cls, **kwargs):
+        return cls(
+            TinyClassifier(), loss=torch.nn.CrossEntropyLoss(), input_shape=(3, 8, 8),
+            nb_classes=10, preprocessing_defences=[_art_defence(diffusion, eot_samples=3)],
+            clip_values=(0, 1), device_type="cpu", **kwargs,
+        )  # fmt: skip
+
+    x = images[:2].numpy()
+    with pytest.raises(ValueError, match="eot_samples=3 needs labels.*VotingPyTorchClassifier"):
+        classifier(PyTorchClassifier).class_gradient(x, label=0)
+    gradient = classifier(VotingPyTorchClassifier, votes=1).class_gradient(x, label=0)
+    assert gradient.shape == (2, 1, 3, 8, 8) and np.isfinite(gradient).all()
+    loss_gradient = classifier(PyTorchClassifier).loss_gradient(x, np.eye(10)[[0, 1]])
+    assert loss_gradient.shape == x.shape
 
 
 def test_art_set_params_reaches_the_purifier(diffusion):
