@@ -55,7 +55,8 @@ def build_defence(
     noise_spec = get_noise(noise)
     if noise_spec.uses_scores and setup.stats is None:
         raise ValueError(
-            f"{noise} needs reference statistics: pass --stats FILE (make one with "
+            f"{noise} needs reference statistics: pass stats=ReferenceStats.load(FILE) to "
+            "art_ssni.evaluate, or --stats FILE to art-ssni evaluate (make the file with "
             "`art-ssni stats`)"
         )
     if noise_spec.uses_scores and eps_norm is None:
@@ -184,6 +185,7 @@ def run_evaluation(
         clear_run_dir(out)
     barrier(world)
     record = config.as_dict()
+    reference = {"reference": setup.stats.summary()} if setup.stats is not None else {}
     inputs = {
         "rows": [row.key for row in rows],
         "indices": index.tolist(),
@@ -221,7 +223,7 @@ def run_evaluation(
         merged = evaluation.run(rows, x, y, bar=bar)
         if rank == 0:
             run_info = {"seed": seed, "processes": world, "machine": machine}
-            all_results.append({"config": record, "run": run_info, "rows": merged})
+            all_results.append({"config": record, "run": run_info, "rows": merged, **reference})
     if bar is not None:
         bar.close()
     if rank != 0:
@@ -234,6 +236,7 @@ def run_evaluation(
     else:
         seeds = [r["run"]["seed"] for r in all_results]
         results = {**combine_runs(all_results), "run": {**all_results[0]["run"], "seed": seeds}}
+        results.update(reference)
     print(format_table(results))
     written = write_report(results, out)
     print("wrote " + ", ".join(str(p) for p in written.values()))

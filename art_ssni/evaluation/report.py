@@ -362,14 +362,24 @@ def _bins(values: np.ndarray, integer: bool) -> np.ndarray:
 
 
 def _histograms(
-    rows: Sequence[Mapping[str, Any]], clean: str, adv: str, xlabel: str, integer: bool
+    rows: Sequence[Mapping[str, Any]],
+    clean: str,
+    adv: str,
+    xlabel: str,
+    integer: bool,
+    reference: Mapping[str, Any] | None = None,
 ) -> Any:
+    """One panel per row: the clean and adversarial values; with ``reference`` (the mean and
+    std of the clean reference statistics) a band of mean ± std and a line at the mean."""
     chosen = [row for row in rows if _has(row, clean, adv)]
     if not chosen:
         return None
     from matplotlib.ticker import MaxNLocator
 
     figure, axes = _panels(len(chosen))
+    band = None
+    if reference and reference.get("mean") is not None and reference.get("std") is not None:
+        band = float(reference["mean"]), float(reference["std"])
     for ax, row in zip(axes, chosen):
         series = [
             (_flat(row[key]), label, colour)
@@ -379,7 +389,14 @@ def _histograms(
             )
             if _has(row, key)
         ]
-        bins = _bins(np.concatenate([values for values, _, _ in series]), integer)
+        values = np.concatenate([v for v, _, _ in series])
+        if band is not None:
+            values = np.concatenate([values, [band[0] - band[1], band[0] + band[1]]])
+        bins = _bins(values, integer)
+        if band is not None:
+            mean, std = band
+            ax.axvspan(mean - std, mean + std, color="0.85", label="reference mean ± std")
+            ax.axvline(mean, color="0.4", linewidth=1.0, linestyle="--")
         for values, label, colour in series:
             ax.hist(values, bins=bins, alpha=0.45, color=colour, label=label)
             ax.hist(values, bins=bins, histtype="step", color=colour, linewidth=1.2)
@@ -396,31 +413,57 @@ def _histograms(
     return figure
 
 
+def _error_bars(row: Mapping[str, Any], split: str, aggregation: str, value: float) -> Any:
+    """(below, above) in percent: the 95 % Wilson interval of one accuracy, else its std over
+    runs, else none."""
+    bounds = (row.get(f"{split}_ci95") or {}).get(aggregation)
+    if bounds:
+        low, high = 100.0 * float(bounds[0]), 100.0 * float(bounds[1])
+        return max(0.0, value - low), max(0.0, high - value)
+    spread = ((row.get("runs_std") or {}).get(split) or {}).get(aggregation)
+    return (100.0 * float(spread),) * 2 if spread is not None else (0.0, 0.0)
+
+
 def _accuracy_figure(rows: Sequence[Mapping[str, Any]], draws: Any) -> Any:
+    """Horizontal bars, one group per row (clean vote, robust vote, robust worst-of-N), each
+    with its 95 % Wilson interval (mean ± std over runs for combined runs): the figure grows
+    with the rows, so 16 rows stay readable."""
     if not rows:
         return None
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(max(6.0, 1.6 * len(rows) + 2.0), 4.5), layout="constrained")
+    labels = [f"{row.get('method', '')} | {row.get('attack', '')}" for row in rows]
+    height = 0.62 * len(rows) + 1.6
+    width = min(16.0, 6.5 + 0.055 * max(len(label) for label in labels))
+    figure = Figure(figsize=(width, height), layout="constrained")
     ax = figure.subplots()
-    positions = np.arange(len(rows))
-    width = 0.26
+    positions = np.arange(len(rows))[::-1].astype(float)
+    bar = 0.26
     specs = (
-        ("clean", "vote", "clean vote"),
-        ("robust", "vote", "robust vote"),
-        ("robust", "worst", f"robust worst-of-{draws or 'N'}"),
+        ("clean", "vote", "clean vote", "tab:blue"),
+        ("robust", "vote", "robust vote", "tab:orange"),
+        ("robust", "worst", f"robust worst-of-{draws or 'N'}", "tab:red"),
     )
-    for index, (split, aggregation, label) in enumerate(specs):
-        heights = [
-            100.0 * float(v) if (v := _accuracy(row, split, aggregation)) is not None else np.nan
-            for row in rows
-        ]
-        bars = ax.bar(positions + (index - 1) * width, heights, width, label=label)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
-    ax.set_xticks(positions, [_title(row) for row in rows], fontsize=8)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 110)
-    ax.legend(fontsize=8, loc="upper right")
+    for index, (split, aggregation, label, colour) in enumerate(specs):
+        values, errors = [], []
+        for row in rows:
+            value = _accuracy(row, split, aggregation)
+            value = np.nan if value is None else 100.0 * float(value)
+            values.append(value)
+            unknown = np.isnan(value)
+            errors.append((0.0, 0.0) if unknown else _error_bars(row, split, aggregation, value))
+        offset = (1 - index) * bar
+        ax.barh(
+            positions + offset, values, bar, color=colour, label=label,
+            xerr=np.array(errors).T, error_kw={"elinewidth": 0.9, "capsize": 2, "ecolor": "0.2"},
+        )  # fmt: skip
+    ax.set_yticks(positions, labels, fontsize=8)
+    ax.set_xlabel("accuracy (%), with 95 % Wilson intervals")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(positions.min() - 0.6, positions.max() + 0.6)
+    ax.grid(axis="x", color="0.9")
+    ax.set_axisbelow(True)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     return figure
 
 
@@ -442,7 +485,9 @@ def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) ->
     rows = list(results.get("rows", []))
     draws = (results.get("config") or {}).get("draws")
     figures = {
-        "eps_norms": _histograms(rows, "eps_clean", "eps_adv", "EPS norm", integer=False),
+        "eps_norms": _histograms(
+            rows, "eps_clean", "eps_adv", "EPS norm", False, results.get("reference")
+        ),
         "levels": _histograms(rows, "levels_clean", "levels_adv", "noise level t", integer=True),
         "accuracy": _accuracy_figure(rows, draws),
     }

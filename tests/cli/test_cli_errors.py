@@ -233,3 +233,18 @@ def test_library_alias_raises_value_and_type_errors(tmp_path, change, error, mes
     with pytest.raises(error, match=message):
         evaluate(diffusion, given.pop("classifier"), given.pop("x"), given.pop("y"), **given)
     assert next(diffusion.parameters()).device.type == "cpu"  # the caller's model untouched
+
+
+def test_the_library_names_the_stats_keyword(tmp_path):
+    """art_ssni.evaluate is a library call: SSNI without statistics names its stats= keyword
+    (the command line's --stats alongside)."""
+    import art_ssni
+
+    diffusion, classifier, x, y = _own()
+    options = {k: v for k, v in TINY.items() if k not in ("noise", "attack", "no_baseline")}
+    options.pop("no_progress")
+    with pytest.raises(ValueError, match=r"pass stats=ReferenceStats.load\(FILE\) to art_ssni"):
+        art_ssni.evaluate(
+            diffusion=diffusion, classifier=classifier, x=x, y=y, out=tmp_path / "o",
+            noises="ssni-n", attacks="pgd-eot", baseline=False, progress=False, **options,
+        )  # fmt: skip
