@@ -21,6 +21,7 @@ import torch
 from .._rng import SeedLike
 from ..diffusion.model import DiffusionModel
 from ..diffusion.rounding import round_half_up
+from ..validation import check_number
 from .engine import NoisePolicy, Purifier
 from .heterogeneous import DAC, MANIPure
 from .methods import GDMP, GNS, DiffPure
@@ -80,22 +81,32 @@ def _retarget_dac(
 def _retarget_schedule(
     settings: Settings, t_star: int | None, steps: int | None, surrogate_steps: int | None
 ) -> Settings:
-    """GNS runs its stage schedule: a reference level does not apply; ``steps``
-    (``surrogate_steps``) caps every stage's steps (surrogate stage's), the levels stay."""
-    if t_star is not None:
-        raise ValueError(
-            "gns runs its published stage schedule; t_star does not apply to it (its "
-            "reference level is its largest stage); steps caps each stage's steps"
-        )
+    """GNS's stage schedule at another reference level: ``t_star`` becomes the largest stage
+    and every stage's level and steps scale by t_star / largest (rounded half up, at least 1),
+    so the schedule keeps its published shape (a noise policy's level scales it the same way);
+    then ``steps`` (``surrogate_steps``) caps every stage's steps (surrogate stage's)."""
+    top = max(int(t) for t, _ in settings.stages)
+
+    def scaled(stages):
+        if t_star is None:
+            return stages
+        check_number(t_star, "t_star", low=1, integer=True)
+
+        def share(n: int) -> int:
+            return max(1, (2 * int(n) * int(t_star) + top) // (2 * top))
+
+        return tuple((share(t), share(k)) for t, k in stages)
 
     def capped(stages, cap):
         return stages if cap is None else tuple((t, min(k, cap)) for t, k in stages)
 
-    return dataclasses.replace(
-        settings,
-        stages=capped(settings.stages, steps),
-        surrogate_stages=capped(settings.surrogate_stages, surrogate_steps),
-    )
+    changes = {
+        "stages": capped(scaled(settings.stages), steps),
+        "surrogate_stages": capped(scaled(settings.surrogate_stages), surrogate_steps),
+    }
+    if t_star is not None:
+        changes["t_star"] = int(t_star)
+    return dataclasses.replace(settings, **changes)
 
 
 def _level(settings: Settings) -> int:

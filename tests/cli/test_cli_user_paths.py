@@ -11,6 +11,7 @@ import torch
 
 from art_ssni import DiffusionModel, ReferenceStats
 from art_ssni.cli import main
+from art_ssni.presets import get_preset
 
 from tiny import plan
 
@@ -107,16 +108,21 @@ def test_resuming_with_other_statistics_is_refused(tmp_path, capsys):
     assert "inputs.stats changed" in capsys.readouterr().err
 
 
-# --method gns refuses --t-star and --steps
+# --method gns runs at the preset's level
 
 
-def test_gns_refuses_t_star_and_caps_its_stages_at_steps(tmp_path, capsys):
-    code = main(["evaluate", "--preset", "digits", "--method", "gns", "--t-star", "20",
-                 "--out", str(tmp_path / "o")])  # fmt: skip
-    assert code == 2
-    assert "t_star does not apply" in capsys.readouterr().err
+def test_gns_on_the_digits_runs_at_the_preset_s_t_star_and_scales_from_the_command_line():
+    """The digits preset's GNS is its CIFAR-10 schedule scaled to the preset's t* = 60 (the
+    published stages reach 125, CIFAR-10's levels); --t-star scales it again and --steps caps
+    each stage."""
+    config, _ = plan(["evaluate", "--preset", "digits", "--method", "gns"])
+    stages = config.defence.settings.stages
+    assert max(t for t, _ in stages) == get_preset("digits").method("diffpure").t_star == 60
+    assert stages == ((14, 10),) * 4 + ((24, 10),) * 2 + ((60, 10),) * 2
+    config, _ = plan(["evaluate", "--preset", "digits", "--method", "gns", "--t-star", "30"])
+    assert config.defence.settings.stages == ((7, 5),) * 4 + ((12, 5),) * 2 + ((30, 5),) * 2
     config, _ = plan(["evaluate", "--preset", "digits", "--method", "gns", "--steps", "4"])
-    assert config.defence.settings.stages == ((30, 4),) * 4 + ((50, 4),) * 2 + ((125, 4),) * 2
+    assert config.defence.settings.stages == ((14, 4),) * 4 + ((24, 4),) * 2 + ((60, 4),) * 2
 
 
 # errors arrive early and clearly

@@ -63,10 +63,14 @@ def test_method_knobs_reach_each_method_through_its_spec():
     assert (dac.t_large, dac.t_small, dac.stride) == (40, 20, 8)  # ratio 1/2, ceil(40 / 5)
     dac = resolve("cifar10-linf", Overrides(method="dac", t_star=150)).defence.settings
     assert (dac.t_large, dac.t_small) == (150, 75)
-    with pytest.raises(ValueError, match="gns runs its published stage schedule"):
-        resolve("digits", Overrides(method="gns", t_star=50))
     gns = resolve("cifar10-linf", Overrides(method="gns", steps=40)).defence.settings
     assert gns.stages == ((30, 30),) * 4 + ((50, 40),) * 2 + ((125, 40),) * 2
+    # t* is GNS's largest stage: every level and step count scales by 50 / 125, half up
+    gns = resolve("cifar10-linf", Overrides(method="gns", t_star=50)).defence.settings
+    assert gns.stages == ((12, 12),) * 4 + ((20, 20),) * 2 + ((50, 50),) * 2
+    assert gns.surrogate_stages == ((12, 1), (20, 1), (50, 2)) and gns.t_star == 50
+    with pytest.raises(ValueError, match="t_star"):
+        resolve("cifar10-linf", Overrides(method="gns", t_star=0))
 
 
 def test_compute_options_are_resolved_and_recorded():

@@ -1,5 +1,6 @@
 """What the command's flags resolve to and record: --quick is a marked smoke run whose attack
-reaches epsilon, and --method gns records its stage schedule instead of t* and steps."""
+reaches epsilon, and --method gns records its stage schedule (at the preset's t*) instead of
+t* and steps."""
 
 import pytest
 
@@ -18,8 +19,8 @@ def test_gns_records_its_stage_schedule(tmp_path):
         ["evaluate", "--preset", "digits", "--method", "gns", "--out", str(tmp_path)]
     )
     recorded = config.as_dict()["defence"]["settings"]  # as results.json records it
-    assert recorded["stages"][-1] == [125, 125] and "steps" not in recorded
-    assert build_defence(config, setup, "fixed").describe()["t_star"] == 125
+    assert recorded["stages"][-1] == [60, 10] and "steps" not in recorded
+    assert build_defence(config, setup, "fixed").describe()["t_star"] == 60
 
 
 def test_quick_step_reaches_eps_and_is_marked(tmp_path):
