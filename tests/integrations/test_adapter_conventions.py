@@ -227,3 +227,56 @@ def test_eot_attack_save_reports_the_multi_draw_verdict(diffusion, tmp_path, cap
     assert rob_acc == 100.0 * float(saved["robust"].float().mean())
     assert saved["adv_inputs"].shape == x.shape and torch.equal(saved["labels"], y)
     assert "over 3 draws (vote)" in capsys.readouterr().out
+
+
+# other libraries' data conventions
+
+
+def test_normalising_libraries_are_named_not_the_data(diffusion, images):
+    """torchattacks' set_normalization_used and foolbox's preprocessing=dict(mean, std)
+    normalise before the model, foolbox's bounds=(0, 255) attacks pixels: the defended model's
+    error names those settings (it blamed the data's scale)."""
+    import pytest
+    import torchattacks
+
+    model = _ta_model(diffusion)
+    labels = torch.arange(len(images)) % 10
+    attack = torchattacks.PGD(model, eps=0.1, alpha=0.05, steps=1)
+    attack.set_normalization_used(mean=[0.5] * 3, std=[0.25] * 3)
+    with pytest.raises(ValueError, match="torchattacks' set_normalization_used"):
+        attack((images - 0.5) / 0.25, labels)  # torchattacks takes normalised inputs then
+    with pytest.raises(ValueError, match=r"foolbox's preprocessing=dict\(mean=\.\.\., std"):
+        model((images - 0.5) / 0.25)  # what foolbox's preprocessing hands the model
+    with pytest.raises(ValueError, match=r"\[0, 255\] pixels.*foolbox use bounds=\(0, 1\)"):
+        model(images * 255)
+
+
+def test_art_classifier_on_0_255_images_runs_through_the_defence(diffusion, images):
+    """An ART classifier with clip_values=(0, 255) and the defence with the same clip_values
+    predicts exactly as the [0, 1] pipeline does, and ART's PGD runs on it within its budget."""
+    from art.attacks.evasion import ProjectedGradientDescent
+    from art.estimators.classification import PyTorchClassifier
+
+    class Pixels(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = TinyClassifier()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x / 255)
+
+    def classifier(model, bounds):
+        return PyTorchClassifier(
+            model, loss=torch.nn.CrossEntropyLoss(), input_shape=(3, 8, 8), nb_classes=10,
+            clip_values=bounds, device_type="cpu",
+            preprocessing_defences=[_art_defence(diffusion, clip_values=bounds)],
+        )  # fmt: skip
+
+    x = images.numpy()
+    pixels = classifier(Pixels(), (0, 255))
+    np.testing.assert_allclose(
+        pixels.predict(x * 255), classifier(TinyClassifier(), (0, 1)).predict(x), atol=1e-4
+    )
+    attack = ProjectedGradientDescent(pixels, eps=20, eps_step=10, max_iter=2, verbose=False)
+    x_adv = attack.generate(x * 255, y=np.arange(len(x)) % 10)
+    assert 0 < np.abs(x_adv - x * 255).max() <= 20 + 1e-3 and x_adv.max() <= 255
