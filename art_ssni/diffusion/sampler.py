@@ -14,7 +14,9 @@ Two step rules share one driver (:func:`run_chain`):
 
 Random draws a step needs are made by the driver before the step runs (the step noise z, then
 the hooks' draws), so a step is a pure function of its inputs and can be recomputed in the
-backward pass. Per-sample tensors the hooks read (a mask, a reference image) are handed to the
+backward pass. They come from per-sample streams (:class:`~art_ssni._rng.SampleStreams`), drawn
+only for the samples still running, so a sample's draws never depend on how many steps its
+batch-mates take. Per-sample tensors the hooks read (a mask, a reference image) are handed to the
 driver whole; each step sees only the running samples' slices, aligned with x_t.
 """
 
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .._rng import randn
+from .._rng import RandomSource, as_streams
 from .model import DiffusionModel
 from .rounding import round_half_up
 
@@ -317,7 +319,7 @@ def run_chain(
     table: torch.Tensor,
     *,
     per_sample: PerSample | None = None,
-    generator: torch.Generator | None = None,
+    generator: RandomSource = None,
     hook_draws: int = 0,
     checkpoint: bool = False,
 ) -> torch.Tensor:
@@ -325,12 +327,14 @@ def run_chain(
     table; each step's new state is mean + scale z. A sample runs while t > s (a finished
     sample repeats its level and is left as it is).
 
-    Step j draws one standard normal z of the whole batch's shape from ``generator``, then
-    ``hook_draws`` more (the tuple ``hook_noise``), whichever samples are still running, so
-    results depend only on the seed. The step sees only the running samples: their x_t, t, s,
-    draws and ``per_sample`` slices. With ``checkpoint=True`` (and grad enabled) the whole step
-    is recomputed in the backward pass: a step keeps only its inputs (x_t, its draws and index
-    vectors), so the memory of an exact gradient does not grow with the number of steps.
+    At step j every running sample draws one standard normal z of its own shape from its own
+    stream, then ``hook_draws`` more (the tuple ``hook_noise``); ``generator`` is the call's
+    per-sample streams, or a seed, generator or None they are made from (keyed by position).
+    A finished sample draws nothing, so its draws depend only on its own levels and stream.
+    The step sees only the running samples: their x_t, t, s, draws and ``per_sample`` slices.
+    With ``checkpoint=True`` (and grad enabled) the whole step is recomputed in the backward
+    pass: a step keeps only its inputs (x_t, its draws and index vectors), so the memory of an
+    exact gradient does not grow with the number of steps.
     """
     if isinstance(hook_draws, bool) or not isinstance(hook_draws, int) or hook_draws < 0:
         raise ValueError(f"hook_draws must be an integer >= 0, got {hook_draws!r}")
@@ -341,13 +345,9 @@ def run_chain(
                 f"per-sample tensor {name!r} has {tuple(value.shape[:1])} samples, x has "
                 f"{x.shape[0]}"
             )
+    streams = as_streams(generator, x.shape[0])
     for j in range(table.shape[1] - 1):
         t, s = table[:, j], table[:, j + 1]
-        noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        hook_noise = [
-            randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            for _ in range(hook_draws)
-        ]
         is_running = t > s
         if not bool(is_running.any()):
             continue
@@ -356,8 +356,11 @@ def run_chain(
             x_in = x
         else:
             running = is_running.nonzero()[:, 0]
-            x_in, t, s, noise = x[running], t[running], s[running], noise[running]
-            hook_noise = [n[running] for n in hook_noise]
+            x_in, t, s = x[running], t[running], s[running]
+        noise, *hook_noise = (
+            streams.randn(x.shape[1:], device=x.device, dtype=x.dtype, rows=running)
+            for _ in range(1 + hook_draws)
+        )
         args = (step, x_in, t, s, tuple(hook_noise), per_sample, running)
         if checkpoint and torch.is_grad_enabled():
             mean, scale = _checkpoint(_step_running, *args, use_reentrant=False)
@@ -375,7 +378,7 @@ def ddim_chain(
     hooks: StepHooks = PLAIN,
     *,
     per_sample: PerSample | None = None,
-    generator: torch.Generator | None = None,
+    generator: RandomSource = None,
     checkpoint: bool = False,
 ) -> torch.Tensor:
     """DDIM-form steps with ``hooks`` along an integer level table (:func:`run_chain`)."""
@@ -399,7 +402,7 @@ def sde_chain(
     x_t: torch.Tensor,
     table: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: RandomSource = None,
     checkpoint: bool = False,
 ) -> torch.Tensor:
     """Euler-Maruyama steps of the reverse VP-SDE along a (float) level table."""
@@ -419,7 +422,7 @@ def sample(
     sampler: str = "ddpm",
     hooks: StepHooks | None = None,
     per_sample: PerSample | None = None,
-    generator: torch.Generator | None = None,
+    generator: RandomSource = None,
     checkpoint: bool = False,
 ) -> torch.Tensor:
     """Run each x_t[i] from its level ``levels[i]`` back to 0 in K_i = min(steps, t_i) steps.

@@ -17,6 +17,7 @@ import time
 import warnings
 import zlib
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,13 @@ def unit_seed(seed: int, key: str, batch: int) -> int:
 
 def _defence(model: nn.Module) -> DefendedClassifier | None:
     return model if isinstance(model, DefendedClassifier) else None
+
+
+def named_samples(model: nn.Module, ids: torch.Tensor) -> AbstractContextManager:
+    """Name a batch's samples by their indices in the evaluated images, so that each draws
+    from its own random stream whatever batch it is evaluated in (a no-op undefended)."""
+    defence = _defence(model)
+    return defence.samples(ids) if defence is not None else nullcontext()
 
 
 def evaluate_batch(
@@ -302,14 +310,16 @@ class Evaluation:
         for row, b in todo:
             bar.set_postfix_str(f"{row.key} batch {b}")
             part = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            record = evaluate_batch(
-                row,
-                x[part],
-                y[part],
-                seed=unit_seed(self.seed, row.key, b),
-                draws=self.draws,
-                save_adversarial=self.save_adversarial,
-            )
+            ids = torch.arange(size(b)) + b * self.batch_size
+            with named_samples(row.model, ids):
+                record = evaluate_batch(
+                    row,
+                    x[part],
+                    y[part],
+                    seed=unit_seed(self.seed, row.key, b),
+                    draws=self.draws,
+                    save_adversarial=self.save_adversarial,
+                )
             record["meta"] = self.unit_meta(row.key, b, size(b))
             atomic_torch_save(record, self.part_path(row.key, b))
             bar.update(size(b))

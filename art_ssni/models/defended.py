@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._rng import SeedLike
+from .._rng import SampleStreams, SeedLike, check_sample_ids, tiled_keys
 from ..purification import GRADIENT_MODES
 from ..validation import as_floating, check_images
 
@@ -25,8 +25,13 @@ class DefendedClassifier(nn.Module):
     ``purifier=None`` is the undefended classifier.
 
     Evaluation code talks to the defence only through this class: :meth:`reseed`,
-    :attr:`gradient` and :meth:`gradient_mode`, :attr:`policy`, :meth:`levels`,
-    :meth:`scores`, :meth:`record_levels` and :meth:`describe`.
+    :meth:`samples`, :attr:`gradient` and :meth:`gradient_mode`, :attr:`policy`,
+    :meth:`levels`, :meth:`scores`, :meth:`record_levels` and :meth:`describe`.
+
+    Every sample draws from its own random stream, keyed by its id when the caller names the
+    samples (``sample_ids=`` on a call, or :meth:`samples` around an attack) and by its position
+    in the call otherwise: a sample's result never depends on its batch-mates or the batch size,
+    and without ids only on its position.
     """
 
     def __init__(
@@ -44,17 +49,24 @@ class DefendedClassifier(nn.Module):
         self.purifier = purifier
         self.classifier = classifier
         if mean is not None:
-            mean_t = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-            std_t = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+            mean_t = _channel_values(mean, "mean")
+            std_t = _channel_values(std, "std")
+            if mean_t.numel() != std_t.numel():
+                raise ValueError(
+                    f"mean and std need one value per channel each, got {mean_t.numel()} and "
+                    f"{std_t.numel()}"
+                )
             if bool((std_t <= 0).any()):
-                raise ValueError(f"std must be positive, got {list(std)}")
-            self.register_buffer("mean", mean_t)
-            self.register_buffer("std", std_t)
+                raise ValueError(f"std must be positive, got {std_t.tolist()}")
+            self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
+            self.register_buffer("std", std_t.view(1, -1, 1, 1))
         else:
             self.mean = None
             self.std = None
         self.purify_size = tuple(purify_size) if purify_size is not None else None
         self._recording: list[torch.Tensor] | None = None
+        self._samples: torch.Tensor | None = None
+        self._rows_sent = 0
         for param in self.parameters():
             param.requires_grad_(False)
         self.train(False)
@@ -67,7 +79,7 @@ class DefendedClassifier(nn.Module):
 
     @property
     def votes(self) -> int:
-        """Draws the published method votes over (GNS: 10), 1 otherwise."""
+        """Draws the published method votes over (GNS: 10, DAC: 20), 1 otherwise."""
         return int(getattr(self.purifier, "votes", 1))
 
     @property
@@ -99,26 +111,71 @@ class DefendedClassifier(nn.Module):
         if self.purifier is not None:
             self.purifier.generator = torch.Generator().manual_seed(seed)
 
+    @contextmanager
+    def samples(self, ids: torch.Tensor) -> Iterator[None]:
+        """Name the N samples of a batch (int64 ids, e.g. their indices in the evaluated data
+        set) for the calls inside the block: the rows those calls send, counted in order across
+        calls, are the batch tiled (``x.repeat(draws, 1, 1, 1)``, split in chunks of any size),
+        so row p is sample ids[p % N], copy p // N (:func:`~art_ssni._rng.tiled_keys`), and
+        each row draws from the stream of that key. An attack that tiles a batch for EOT draws
+        therefore gives every copy its own stream; one that sends other rows (a subset) gets
+        valid but differently keyed streams. :meth:`levels` and :meth:`scores` map their rows as
+        one tiled pass, without counting."""
+        if torch.as_tensor(ids).dim() != 1:
+            raise ValueError("samples() takes plain (N,) ids; the copies are counted here")
+        previous = self._samples, self._rows_sent
+        self._samples, self._rows_sent = check_sample_ids(ids, len(ids))[:, 0], 0
+        try:
+            yield
+        finally:
+            self._samples, self._rows_sent = previous
+
+    @property
+    def sample_ids(self) -> torch.Tensor | None:
+        """The ids named by the innermost :meth:`samples` block (None outside one): an attack
+        that sends a subset of the batch names it with ``samples(sample_ids[subset])``."""
+        return self._samples
+
+    def _keys(self, batch: int, sample_ids: object | None, *, count: bool) -> torch.Tensor | None:
+        """The stream keys of a call's rows: ``sample_ids`` when given, else the rows' places
+        in the tiled batch of :meth:`samples` (advancing the row count when ``count``), else
+        None (positions)."""
+        if sample_ids is not None:
+            return check_sample_ids(sample_ids, batch)
+        if self._samples is None:
+            return None
+        start = self._rows_sent if count else 0
+        if count:
+            self._rows_sent += batch
+        return tiled_keys(self._samples, start, batch)
+
     @property
     def policy(self) -> Any:
         """The purifier's noise policy (FixedNoise, SSNI-L, ...); None when it has none."""
         return getattr(self.purifier, "noise", None)
 
-    def levels(self, x: torch.Tensor, generator: SeedLike = None) -> torch.Tensor | None:
+    def levels(
+        self, x: torch.Tensor, generator: SeedLike = None, *, sample_ids: object | None = None
+    ) -> torch.Tensor | None:
         """The per-sample levels (LongTensor of B) the policy picks for x in a fresh draw;
         None without a policy. ``generator=None`` draws from the defence's own stream."""
         if self.policy is None:
             return None
-        return self.purifier.levels(self._purifier_input(x), generator)
+        keys = self._keys(x.shape[0], sample_ids, count=False)
+        return self.purifier.levels(self._purifier_input(x), generator, sample_ids=keys)
 
-    def scores(self, x: torch.Tensor, generator: SeedLike = None) -> torch.Tensor | None:
+    def scores(
+        self, x: torch.Tensor, generator: SeedLike = None, *, sample_ids: object | None = None
+    ) -> torch.Tensor | None:
         """The per-sample EPS norms an SSNI policy maps to levels (differentiable when grad
         is enabled); None for a policy without scores. ``generator=None``: torch's global
         RNG, as the policy itself."""
         policy = self.policy
         if not hasattr(policy, "scores"):
             return None
-        return policy.scores(self._purifier_input(x), generator)
+        keys = self._keys(x.shape[0], sample_ids, count=False)
+        streams = SampleStreams.for_call(generator, x.shape[0], keys)
+        return policy.scores(self._purifier_input(x), streams)
 
     @contextmanager
     def record_levels(self) -> Iterator[list[torch.Tensor]]:
@@ -164,15 +221,18 @@ class DefendedClassifier(nn.Module):
         check_images(x)
         return self._to_purify_size(as_floating(x, self.dtype))
 
-    def purify(self, x: torch.Tensor) -> torch.Tensor:
-        """The purified images (the identity without a purifier)."""
+    def purify(self, x: torch.Tensor, *, sample_ids: object | None = None) -> torch.Tensor:
+        """The purified images (the identity without a purifier); ``sample_ids`` key the
+        samples' random streams (see :meth:`samples`)."""
         if self.purifier is None:
             return x
         z = self._to_purify_size(x)
+        keys = self._keys(x.shape[0], sample_ids, count=True)
+        named = {} if keys is None else {"sample_ids": keys}
         if self._recording is None:
-            out = self.purifier(z)
+            out = self.purifier(z, **named)
         else:
-            out, levels = self.purifier.forward_with_levels(z)
+            out, levels = self.purifier.forward_with_levels(z, **named)
             self._recording.append(levels.detach())
         if z is x:
             return out
@@ -187,11 +247,40 @@ class DefendedClassifier(nn.Module):
                 return param.dtype
         return torch.float32
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, sample_ids: object | None = None) -> torch.Tensor:
         """Logits for x in [0, 1]; floating inputs of any dtype are cast to the classifier's
-        (differentiably, so gradients come back in the caller's dtype)."""
+        (differentiably, so gradients come back in the caller's dtype). ``sample_ids`` ((B,)
+        ids or (B, 2) (id, copy) pairs) key the samples' random streams. Non-finite logits
+        raise, naming the classifier."""
         check_images(x)
-        z = self.purify(as_floating(x, self.dtype))
+        z = self.purify(as_floating(x, self.dtype), sample_ids=sample_ids)
         if self.mean is not None:
             z = (z - self.mean) / self.std
-        return self.classifier(z)
+        return self._check_logits(self.classifier(z))
+
+    def _check_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        bad = ~torch.isfinite(logits.detach())
+        if bool(bad.any()):
+            rows = int(bad.flatten(1).any(1).sum()) if logits.dim() > 1 else int(bad.sum())
+            raise ValueError(
+                f"the classifier {type(self.classifier).__name__} produced non-finite logits "
+                f"(NaN or Inf) for {rows} of {logits.shape[0]} inputs; check its weights and "
+                "the normalisation (mean/std) it is given"
+            )
+        return logits
+
+
+def _channel_values(values: Sequence[float], name: str) -> torch.Tensor:
+    """Per-channel normalisation values as a finite 1-D float32 tensor (bools refused: True
+    would become 1.0)."""
+    listed = values.tolist() if isinstance(values, torch.Tensor) else values
+    items = listed if isinstance(listed, (list, tuple)) else [listed]
+    if any(isinstance(v, bool) for v in items):
+        raise ValueError(f"{name} must be numbers, one per channel, got {values!r}")
+    try:
+        tensor = torch.as_tensor(values, dtype=torch.float32).flatten()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{name} must be numbers, one per channel, got {values!r}") from err
+    if tensor.numel() == 0 or not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} must be finite numbers, one per channel, got {values!r}")
+    return tensor

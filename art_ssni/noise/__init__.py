@@ -3,8 +3,11 @@
 Heterogeneous noise (the later methods): :class:`AttentionMask` (DAC's region mask) and
 :class:`SpectralNoise` (MANI-Pure's magnitude-adaptive noise).
 
-A policy is called as ``policy(x, generator=None)`` with x in [0, 1] and returns a LongTensor
-of B levels; it exposes ``t_star``, the level it is calibrated around.
+A policy is called as ``policy(x, generator)`` with x in [0, 1] and returns a LongTensor of B
+levels; it exposes ``t_star``, the level it is calibrated around. The purifier hands it the
+call's per-sample random streams (:class:`~art_ssni._rng.SampleStreams`): a stochastic policy
+draws each sample's randomness from that sample's own stream (``generator.randn(shape, ...)``),
+so that no level depends on the batch.
 """
 
 from .attention import ATTENTION_LAYERS, AttentionMask

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..validation import check_images
+
 ATTENTION_LAYERS: dict[str, tuple[str, ...]] = {
     "wrn-28-10": ("block1.layer.3.relu2", "block2.layer.3.relu2", "block3.layer.3.relu2", "relu"),
     "wrn-70-16": (
@@ -77,6 +79,11 @@ class AttentionMask:
             raise ValueError(f"top_fraction must lie in (0, 1], got {top_fraction}")
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std, or neither")
+        for name, values in (("mean", mean), ("std", std)):
+            if values is not None and not bool(torch.isfinite(torch.as_tensor(values)).all()):
+                raise ValueError(f"{name} must be finite numbers, one per channel, got {values!r}")
+        if mean is not None and torch.as_tensor(mean).numel() != torch.as_tensor(std).numel():
+            raise ValueError(f"mean and std need one value per channel each, got {mean}, {std}")
         self.classifier = classifier
         self.layers = tuple(layers)
         self.threshold = float(threshold)
@@ -138,6 +145,8 @@ class AttentionMask:
         return scaled.amax(0).view(x.shape[0], 1, *x.shape[-2:]).to(x.dtype)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        channels = None if self.mean is None else self.mean.numel()
+        check_images(x, channels=channels)
         saliency = self.saliency(x)
         if self.top_fraction is None:
             return (saliency >= self.threshold).to(x.dtype)

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .._rng import SeedLike, as_generator, randn
+from .._rng import RandomSource, SampleStreams, SeedLike, as_generator, as_streams, draw_call_seed
 from ..diffusion.model import DiffusionModel
 from ..validation import as_floating, check_images, check_number
 
@@ -26,9 +26,11 @@ _FORMAT = "art-ssni-reference-stats/1"
 class EPSNorm:
     """Per-sample L2 norm of the expected perturbation score over levels 1..``num_levels``.
 
-    All B x T' noised copies go through the network in chunks of ``batch_size`` rows. The
-    noise is drawn as one (B, T', C, H, W) tensor, so a sample's value depends only on its own
-    image and its own noise, never on its batch-mates. Differentiable when grad is enabled.
+    All B x T' noised copies go through the network in chunks of ``batch_size`` rows. Each
+    sample's T' noises come from its own random stream (the call's
+    :class:`~art_ssni._rng.SampleStreams`, or streams keyed by position made from a seed or
+    generator), so a sample's value depends only on its own image and its own stream, never on
+    its batch-mates or the batch size. Differentiable when grad is enabled.
     """
 
     def __init__(
@@ -41,18 +43,16 @@ class EPSNorm:
         self.num_levels = num_levels
         self.batch_size = batch_size
 
-    def expected_score(self, x: torch.Tensor, generator: SeedLike = None) -> torch.Tensor:
+    def expected_score(self, x: torch.Tensor, generator: RandomSource = None) -> torch.Tensor:
         """The averaged score vector (B, C, H, W) of images x in [0, 1]."""
         shape = self.diffusion.image_shape
         check_images(
             x, channels=shape[0] if shape else None, size=tuple(shape[1:]) if shape else None
         )
         x = as_floating(x, self.diffusion.dtype)
-        generator = as_generator(generator, x.device)
         b, levels = x.shape[0], self.num_levels
-        noise = randn(
-            (b, levels, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype
-        )
+        streams = as_streams(generator, b)
+        noise = streams.randn((levels, *x.shape[1:]), device=x.device, dtype=x.dtype)
         x0 = (2 * x - 1).unsqueeze(1).expand_as(noise).reshape(b * levels, *x.shape[1:])
         noise = noise.reshape(b * levels, *x.shape[1:])
         t = torch.arange(1, levels + 1, device=x.device).repeat(b)
@@ -64,7 +64,7 @@ class EPSNorm:
             total = total.index_add(0, owner[part], self.diffusion.score(x_t, t[part]))
         return total / levels
 
-    def __call__(self, x: torch.Tensor, generator: SeedLike = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: RandomSource = None) -> torch.Tensor:
         """||EPS(x_i)||_2 for each sample (B,)."""
         return self.expected_score(x, generator).flatten(1).norm(dim=1)
 
@@ -123,16 +123,23 @@ class ReferenceStats:
         generator: SeedLike = 0,
         progress: bool = True,
     ) -> ReferenceStats:
-        """Compute the EPS norms of clean images (N, C, H, W) in [0, 1], batch by batch."""
+        """Compute the EPS norms of clean images (N, C, H, W) in [0, 1], batch by batch.
+
+        One call seed is drawn from ``generator`` and image k draws from the stream keyed by k,
+        so the norms do not depend on ``batch_size``."""
         check_images(images, name="images")
         device = eps_norm.diffusion.device
         generator = as_generator(generator, device)
+        call_seed = draw_call_seed(generator)
+        stream_device = generator.device if generator is not None else "cpu"
         norms = []
         with torch.no_grad():
             starts = range(0, images.shape[0], batch_size)
             for start in tqdm(starts, desc="reference EPS norms", disable=not progress):
                 batch = images[start : start + batch_size].to(device)
-                norms.append(eps_norm(batch, generator).float().cpu())
+                keys = torch.arange(start, start + batch.shape[0])
+                streams = SampleStreams(call_seed, keys, device=stream_device)
+                norms.append(eps_norm(batch, streams).float().cpu())
         return cls(
             norms=torch.cat(norms),
             model=eps_norm.diffusion.fingerprint(),

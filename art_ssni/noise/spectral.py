@@ -49,8 +49,8 @@ class SpectralNoise:
             raise ValueError(f"gamma must be finite and >= 0, got {gamma}")
         if mode not in SPECTRAL_MODES:
             raise ValueError(f"mode must be one of {SPECTRAL_MODES}, got {mode!r}")
-        if not eps0 > 0:
-            raise ValueError(f"eps0 must be > 0, got {eps0}")
+        if not (math.isfinite(eps0) and eps0 > 0):
+            raise ValueError(f"eps0 must be finite and > 0, got {eps0}")
         self.bands, self.gamma, self.mode, self.eps0 = bands, float(gamma), mode, float(eps0)
         self.differentiable = False
 
@@ -79,8 +79,21 @@ class SpectralNoise:
             return weight.gather(2, index).view(x.shape)
 
     def __call__(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The noise for images x (B, C, H, W) in [-1, 1] (the engine's scale; [0, 1] images
+        lie in it too) and standard normal draws z of x's shape."""
+        if x.dim() != 4:
+            raise ValueError(f"expected images x (B, C, H, W), got shape {tuple(x.shape)}")
         if z.shape != x.shape:
             raise ValueError(f"z must have x's shape {tuple(x.shape)}, got {tuple(z.shape)}")
+        for name, value in (("x", x), ("z", z)):
+            if not value.is_floating_point() or not bool(torch.isfinite(value.detach()).all()):
+                raise ValueError(f"{name} must be a finite floating-point tensor")
+        low, high = float(x.detach().min()), float(x.detach().max())
+        if low < -1 or high > 1:
+            raise ValueError(
+                f"x must have values in [-1, 1] (or [0, 1]), got min {low:.4g} and max "
+                f"{high:.4g} (images in [0, 255] must be rescaled)"
+            )
         weight = self.weights(x)
         if self.mode == "shaped":
             shaped = torch.fft.ifft2(weight.to(z.dtype) * torch.fft.fft2(z)).real

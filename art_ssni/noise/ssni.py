@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .._rng import SeedLike
+from .._rng import RandomSource
 from ..diffusion.rounding import round_half_up
 from ..validation import check_number
 from .eps import EPSNorm, ReferenceStats
@@ -38,13 +38,13 @@ class _SSNIPolicy:
         self.bias = float(check_number(bias, "bias (steps)", low=-num_steps, high=num_steps))
         self.t_max = int(t_max)
 
-    def scores(self, x: torch.Tensor, generator: SeedLike = None) -> torch.Tensor:
+    def scores(self, x: torch.Tensor, generator: RandomSource = None) -> torch.Tensor:
         """The EPS norms this policy maps to levels."""
         if tuple(x.shape[1:]) != tuple(self.stats.image_shape):
             self.stats.check(self.eps_norm, tuple(x.shape[1:]))
         return self.eps_norm(x, generator)
 
-    def __call__(self, x: torch.Tensor, generator: SeedLike = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: RandomSource = None) -> torch.Tensor:
         """LongTensor of B levels for images x in [0, 1]."""
         return self.levels_from_scores(self.scores(x, generator))
 

@@ -18,6 +18,14 @@ grad); otherwise every call runs the real defence:
   backward pass (activation checkpointing): a step keeps only its input x_t.
 - ``surrogate``: run and differentiate ``surrogate_stages`` (same levels, fewer steps).
 - ``bpda``: real defence forward, identity backward (Athalye et al. 2018).
+
+Randomness is per sample: a call draws one call seed from its generator and gives every sample
+its own stream keyed by (call seed, sample key) (:class:`~art_ssni._rng.SampleStreams`). The key
+is the sample's id when the caller gives ``sample_ids`` (its index in the evaluated data set),
+else its position in the batch. Every draw of the call (the policy's, the forward noise, each
+reverse step's and each hook's) comes from the sample's own stream and is made only for the
+samples that use it, so a sample's output and level never depend on the batch size or on the
+other samples; without ids they depend on the sample's position.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from .._rng import SeedLike, as_generator, randn
+from .._rng import RandomSource, SampleStreams, SeedLike, as_generator
 from ..diffusion.model import DiffusionModel
 from ..diffusion.rounding import round_half_up
 from ..diffusion.sampler import (
@@ -239,12 +247,31 @@ class Purifier(nn.Module):
             x, channels=shape[0] if shape else None, size=tuple(shape[1:]) if shape else None
         )
 
-    def levels(self, x: torch.Tensor, generator: SeedLike = None) -> torch.Tensor:
-        """The per-sample levels the noise policy picks for x (LongTensor of B, no gradient)."""
+    def streams(
+        self, x: torch.Tensor, generator: RandomSource = None, sample_ids: object | None = None
+    ) -> SampleStreams:
+        """The per-sample random streams of one call on x: ``generator`` itself when it is
+        streams, else one call seed drawn from ``generator`` (the purifier's own when None) and
+        the keys ``sample_ids`` ((B,) ids or (B, 2) (id, copy) pairs; default: positions)."""
+        if isinstance(generator, SampleStreams):
+            if sample_ids is not None:
+                raise ValueError("give sample_ids or ready streams, not both")
+            if len(generator) != x.shape[0]:
+                raise ValueError(
+                    f"the call has {x.shape[0]} samples but {len(generator)} random streams"
+                )
+            return generator
+        return SampleStreams.for_call(self._generator(generator), x.shape[0], sample_ids)
+
+    def levels(
+        self, x: torch.Tensor, generator: RandomSource = None, *, sample_ids: object | None = None
+    ) -> torch.Tensor:
+        """The per-sample levels the noise policy picks for x (LongTensor of B, no gradient);
+        the policy draws from the call's per-sample streams (:meth:`streams`)."""
         self.check_input(x)
-        generator = self._generator(generator)
+        streams = self.streams(x, generator, sample_ids)
         with torch.no_grad():
-            levels = self.noise(x.to(self.diffusion.dtype), generator=generator)
+            levels = self.noise(x.to(self.diffusion.dtype), generator=streams)
         levels = torch.as_tensor(levels, device=x.device)
         if levels.shape != (x.shape[0],):
             raise ValueError(
@@ -304,26 +331,30 @@ class Purifier(nn.Module):
         MANI-Pure: its reference call)."""
         return 0
 
-    def forward(self, x: torch.Tensor, generator: SeedLike = None) -> torch.Tensor:
-        return self.forward_with_levels(x, generator)[0]
+    def forward(
+        self, x: torch.Tensor, generator: RandomSource = None, *, sample_ids: object | None = None
+    ) -> torch.Tensor:
+        """Purified images; ``sample_ids`` key each sample's random stream (see the module)."""
+        return self.forward_with_levels(x, generator, sample_ids=sample_ids)[0]
 
     def forward_with_levels(
-        self, x: torch.Tensor, generator: SeedLike = None
+        self, x: torch.Tensor, generator: RandomSource = None, *, sample_ids: object | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The purified images (as :meth:`forward`, same gradient mode) and the per-sample
         levels (LongTensor of B) the noise policy picked in this very pass."""
-        generator = self._generator(generator)
-        levels = self.levels(x, generator)
+        self.check_input(x)
+        streams = self.streams(x, generator, sample_ids)
+        levels = self.levels(x, streams)
         wants_grad = torch.is_grad_enabled() and x.requires_grad
         if not wants_grad:
             with torch.no_grad():
-                return self._check_output(self.purify(x, levels, self.stages, generator)), levels
+                return self._check_output(self.purify(x, levels, self.stages, streams)), levels
         if self.gradient == "bpda":
             with torch.no_grad():
-                purified = self._check_output(self.purify(x, levels, self.stages, generator))
+                purified = self._check_output(self.purify(x, levels, self.stages, streams))
             return x + (purified - x).detach(), levels
         stages = self.surrogate_stages if self.gradient == "surrogate" else self.stages
-        out = self.purify(x, levels, stages, generator, checkpoint=True)
+        out = self.purify(x, levels, stages, streams, checkpoint=True)
         return self._check_output(out), levels
 
     def _check_output(self, out: torch.Tensor) -> torch.Tensor:
@@ -341,19 +372,21 @@ class Purifier(nn.Module):
         x: torch.Tensor,
         levels: torch.Tensor,
         stages: Sequence[Stage | Sequence[int]],
-        generator: torch.Generator | None = None,
+        generator: RandomSource = None,
         *,
         checkpoint: bool = False,
     ) -> torch.Tensor:
-        """The defence itself: run ``stages`` at the given per-sample levels, no mode logic."""
+        """The defence itself: run ``stages`` at the given per-sample levels, no mode logic,
+        drawing from the per-sample streams ``generator`` (or streams made from it)."""
         stages = _as_stages(stages, "stages")
+        streams = self.streams(x, generator)
         image = 2 * x.to(self.diffusion.dtype) - 1
         state = self.call_state(x, image)
         out = image
         for stage, start, end in zip(
             stages, self.stage_levels(levels, stages), self.stage_ends(levels, stages)
         ):
-            out = self.run_stage(out, stage, start, end, state, generator, checkpoint=checkpoint)
+            out = self.run_stage(out, stage, start, end, state, streams, checkpoint=checkpoint)
         return ((out + 1) / 2).clamp(0, 1).to(x.dtype)
 
     def run_stage(
@@ -363,7 +396,7 @@ class Purifier(nn.Module):
         start: torch.Tensor,
         end: torch.Tensor,
         state: PerSample,
-        generator: torch.Generator | None,
+        streams: SampleStreams,
         *,
         checkpoint: bool = False,
     ) -> torch.Tensor:
@@ -372,13 +405,13 @@ class Purifier(nn.Module):
         whose start level is 0 is handed back untouched."""
         x_t = x
         if stage.renoise:
-            noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            noise = streams.randn(x.shape[1:], device=x.device, dtype=x.dtype)
             x_t = self.noised(x, start, noise)
-        per_sample = {**state, **self.stage_state(x, generator)}
+        per_sample = {**state, **self.stage_state(x, streams)}
         hooks = stage.hooks if stage.hooks is not None else self.step_hooks
         if hooks is None:
             table = stage.grid(start, end, exact=True)
-            out = sde_chain(self.diffusion, x_t, table, generator=generator, checkpoint=checkpoint)
+            out = sde_chain(self.diffusion, x_t, table, generator=streams, checkpoint=checkpoint)
         else:
             out = ddim_chain(
                 self.diffusion,
@@ -386,7 +419,7 @@ class Purifier(nn.Module):
                 stage.grid(start, end),
                 hooks,
                 per_sample=per_sample,
-                generator=generator,
+                generator=streams,
                 checkpoint=checkpoint,
             )
         return torch.where((start > 0).view(-1, 1, 1, 1), out, x)
@@ -401,12 +434,10 @@ class Purifier(nn.Module):
         its [-1, 1] image (none here; DAC: its mask and the image)."""
         return {}
 
-    def stage_state(
-        self, x: torch.Tensor, generator: torch.Generator | None
-    ) -> dict[str, torch.Tensor]:
+    def stage_state(self, x: torch.Tensor, streams: SampleStreams) -> dict[str, torch.Tensor]:
         """Per-sample tensors of one stage that the hooks read, from the stage input x (none
         here; GDMP: its guidance target, MANI-Pure: its reference spectrum). It may draw from
-        ``generator``, after the stage's forward noise."""
+        the per-sample ``streams``, after the stage's forward noise."""
         return {}
 
     def _generator(self, generator: SeedLike) -> torch.Generator | None:

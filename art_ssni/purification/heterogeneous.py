@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._rng import SeedLike, randn
+from .._rng import SampleStreams, SeedLike
 from ..diffusion.model import DiffusionModel
 from ..diffusion.sampler import PerSample, StepHooks
 from ..noise.attention import AttentionMask
@@ -337,21 +337,18 @@ class MANIPure(Purifier):
         abar = self.diffusion.schedule.abar(levels, x.dtype).view(-1, 1, 1, 1)
         return abar.sqrt() * x + (1 - abar).sqrt() * self.spectral(x, noise)
 
-    def reference(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """The input noised to ``reference_level`` and denoised in one network call."""
+    def reference(self, x: torch.Tensor, streams: SampleStreams) -> torch.Tensor:
+        """The input noised to ``reference_level`` (each sample from its own stream) and
+        denoised in one network call."""
         model = self.diffusion
         level = torch.full((x.shape[0],), self.reference_level, device=x.device)
-        x_r = model.q_sample(
-            x, level, randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        )
+        x_r = model.q_sample(x, level, streams.randn(x.shape[1:], device=x.device, dtype=x.dtype))
         abar = model.schedule.abar(level, x.dtype).view(-1, 1, 1, 1)
         return (x_r - (1 - abar).sqrt() * model.eps(x_r, level)) / abar.sqrt()
 
-    def stage_state(
-        self, x: torch.Tensor, generator: torch.Generator | None
-    ) -> dict[str, torch.Tensor]:
+    def stage_state(self, x: torch.Tensor, streams: SampleStreams) -> dict[str, torch.Tensor]:
         """The reference spectrum DFT2(:meth:`reference`) of the stage input x."""
-        return {"reference": torch.fft.fft2(self.reference(x, generator))}
+        return {"reference": torch.fft.fft2(self.reference(x, streams))}
 
     def extra_rows(self, batch: int) -> int:
         """The reference call: one row per sample and stage."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._rng import SeedLike
+from .._rng import SampleStreams, SeedLike
 from ..diffusion.model import DiffusionModel
 from ..diffusion.sampler import PerSample
 from ..validation import check_number
@@ -20,8 +20,9 @@ class DiffPure(Purifier):
 
     Defaults are the CIFAR-10 Linf setting of the DDPM re-implementation: t* = 100 with 100
     reverse steps, and a 20-step surrogate chain for attack gradients. ``surrogate_t_star``
-    sets another level for the surrogate (ImageNet: t = 200 with 10 steps around t* = 150);
-    under SSNI it scales with the sample's level like a GNS stage.
+    sets another level for the surrogate, a whole number from 1 to the model's top level
+    (ImageNet: t = 200 with 10 steps around t* = 150); None means t*. Under SSNI it scales
+    with the sample's level like a GNS stage.
     """
 
     def __init__(
@@ -39,11 +40,16 @@ class DiffPure(Purifier):
         clip_denoised: bool = False,
         generator: SeedLike = None,
     ) -> None:
+        if surrogate_t_star is not None:
+            top = diffusion.max_level
+            check_number(surrogate_t_star, "surrogate_t_star", low=1, high=top, integer=True)
         super().__init__(
             diffusion,
             t_star=t_star,
             stages=[(t_star, steps)],
-            surrogate_stages=[(surrogate_t_star or t_star, surrogate_steps)],
+            surrogate_stages=[
+                (t_star if surrogate_t_star is None else surrogate_t_star, surrogate_steps)
+            ],
             noise=noise,
             gradient=gradient,
             sampler=sampler,
@@ -141,9 +147,7 @@ class GDMP(Purifier):
         self.guidance = guidance
         self.guidance_scale = float(guidance_scale)
 
-    def stage_state(
-        self, x: torch.Tensor, generator: torch.Generator | None
-    ) -> dict[str, torch.Tensor]:
+    def stage_state(self, x: torch.Tensor, streams: SampleStreams) -> dict[str, torch.Tensor]:
         """The guidance target: the run's input x."""
         if self.step_hooks is None or self.step_hooks.guide is None:
             return {}

@@ -555,13 +555,6 @@ NUMBER_XFAILS: dict[str, dict[str, str]] = {
     "METHODS[mani-pure].gamma": dict.fromkeys(
         ("bool", "string"), PURIFIER.format("gamma") + "(a bool or a string is accepted)"
     ),
-    **{
-        f"DefendedClassifier.{f}": {
-            "bool": "fix in art_ssni/models/defended.py: refuse bools in mean/std "
-            "(True becomes 1.0)"
-        }
-        for f in ("mean", "std")
-    },
     "art_ssni.evaluate.eps": {"bool": CONFIG + "eps=True runs as 1.0"},
     "art_ssni.evaluate.t_star": dict.fromkeys(
         ("nan", "inf"), CONFIG + "the method's retarget converts it first (cannot convert)"

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from art_ssni import DiffusionModel, EPSNorm, ReferenceStats, VPSchedule
+from art_ssni._rng import SampleStreams
 from art_ssni.diffusion import (
     StepHooks,
     ddim_mean,
@@ -197,7 +198,7 @@ def test_step_hooks_apply_in_order_with_aligned_per_sample_tensors(diffusion):
 
 
 def _reference_loop(model, x_t, levels, steps, noises, eta):
-    """One sample at a time, with plain Python stepping and the shared noise draws."""
+    """One sample at a time, with plain Python stepping; sample i's step j takes noises[j][i]."""
     out = []
     for i in range(x_t.shape[0]):
         x = x_t[i : i + 1]
@@ -217,8 +218,8 @@ def test_batched_sampler_equals_per_sample_loop(diffusion, eta):
     g = torch.Generator().manual_seed(5)
     x_t = torch.randn(5, 3, 8, 8, generator=g)
     steps = 10
-    g = torch.Generator().manual_seed(9)
-    noises = [torch.randn(5, 3, 8, 8, generator=g) for _ in range(steps)]
+    own = SampleStreams(9, torch.arange(5))
+    noises = [own.randn((3, 8, 8), device="cpu") for _ in range(steps)]  # row i: its j-th draw
     with torch.no_grad():
         batched = sample(
             diffusion,
@@ -226,7 +227,7 @@ def test_batched_sampler_equals_per_sample_loop(diffusion, eta):
             levels,
             steps,
             sampler="ddpm" if eta else "ddim",
-            generator=torch.Generator().manual_seed(9),
+            generator=SampleStreams(9, torch.arange(5)),
         )
         reference = _reference_loop(diffusion, x_t, levels, steps, noises, eta)
     assert torch.allclose(batched, reference, atol=1e-5)

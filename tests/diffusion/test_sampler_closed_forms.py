@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from art_ssni import DiffusionModel
+from art_ssni._rng import SampleStreams
 from art_ssni.diffusion import VPSchedule, level_table, reverse_step, sample, sde_step
 
 from tiny import GaussianOracle, RowCounter, TinyEpsNet, loud_model, posterior
@@ -60,11 +61,11 @@ def test_sde_mixed_levels_equal_each_sample_alone():
     steps = 10
     g = torch.Generator().manual_seed(5)
     x_t = torch.randn(5, 3, 8, 8, generator=g)
-    g = torch.Generator().manual_seed(9)
-    noises = [torch.randn(5, 3, 8, 8, generator=g) for _ in range(steps)]
+    own = SampleStreams(9, torch.arange(5))
+    noises = [own.randn((3, 8, 8), device="cpu") for _ in range(steps)]  # row i: its j-th draw
     with torch.no_grad():
         batched = sample(
-            model, x_t, levels, steps, sampler="sde", generator=torch.Generator().manual_seed(9)
+            model, x_t, levels, steps, sampler="sde", generator=SampleStreams(9, torch.arange(5))
         )
         alone = []
         for i, level in enumerate(levels.tolist()):

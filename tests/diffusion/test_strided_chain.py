@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from art_ssni import DiffusionModel
+from art_ssni._rng import SampleStreams
 from art_ssni.diffusion import forward_jump, run_chain, stride_table
 
 from tiny import TinyEpsNet
@@ -75,9 +76,13 @@ def test_run_chain_draws_the_same_numbers_whichever_samples_run():
     x = torch.zeros(2, 1, 2, 2)
     both = stride_table(torch.tensor([3, 3]), torch.tensor([0, 0]), 1)
     mixed = stride_table(torch.tensor([3, 1]), torch.tensor([0, 0]), 1)
-    a = run_chain(step, x, both, generator=torch.Generator().manual_seed(0), hook_draws=1)
-    b = run_chain(step, x, mixed, generator=torch.Generator().manual_seed(0), hook_draws=1)
+    a = run_chain(step, x, both, generator=SampleStreams(0, torch.arange(2)), hook_draws=1)
+    b = run_chain(step, x, mixed, generator=SampleStreams(0, torch.arange(2)), hook_draws=1)
     torch.testing.assert_close(a[0], b[0], rtol=0, atol=0)
-    g = torch.Generator().manual_seed(0)
-    z = [torch.randn(2, 1, 2, 2, generator=g) for _ in range(2)]  # step 1: z, then hook draw
+    own = SampleStreams(0, torch.arange(2))
+    z = [own.randn((1, 2, 2), device="cpu") for _ in range(2)]  # step 1: z, then hook draw
     torch.testing.assert_close(b[1], z[0][1] + z[1][1], rtol=0, atol=0)
+    alone = run_chain(
+        step, x[:1], both[:1], generator=SampleStreams(0, torch.arange(1)), hook_draws=1
+    )
+    torch.testing.assert_close(alone[0], a[0], rtol=0, atol=0)

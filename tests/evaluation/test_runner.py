@@ -129,15 +129,15 @@ def test_rows_record_the_attack_its_judging_and_the_final_judging(tmp_path, diff
 
 
 class RandomLevels:
-    """A noise policy whose levels come from the defence's stream (so they differ from pass
+    """A noise policy whose levels come from the samples' streams (so they differ from pass
     to pass); it keeps every level it hands out, in order."""
 
     def __init__(self, top: int) -> None:
         self.top = top
         self.calls: list[torch.Tensor] = []
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        levels = torch.randint(0, self.top + 1, (x.shape[0],), generator=generator)
+    def __call__(self, x: torch.Tensor, generator) -> torch.Tensor:
+        levels = (generator.rand((), device=x.device) * (self.top + 1)).long()
         self.calls.append(levels)
         return levels
 

@@ -37,7 +37,7 @@ def test_art_loss_gradient_through_each_defence(diffusion, images, method, gradi
     grad = classifier.loss_gradient(images.numpy(), y)
     purifier = cls(diffusion, **kwargs, **SMALL_DEFENCES[method]).purifier
     x = images.clone().requires_grad_(True)
-    g = torch.Generator().manual_seed(0)
+    g = purifier.streams(x, 0)  # the per-sample streams of the defence's first call
     if gradient == "bpda":
         with torch.no_grad():
             purified = purifier.purify(x, purifier.levels(x, g), purifier.stages, g)

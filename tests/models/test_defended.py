@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from art_ssni import DiffPure, EPSNorm, SSNISigmoid
+from art_ssni._rng import SampleStreams
 from art_ssni.evaluation.attacks import pgd_eot
 from art_ssni.models.defended import DefendedClassifier
 
@@ -39,15 +40,15 @@ def test_defended_classifier_normalises_and_resizes(diffusion):
 
 
 class RandomLevels:
-    """A noise policy whose levels come from the defence's stream, so they differ from pass
+    """A noise policy whose levels come from the samples' streams, so they differ from pass
     to pass; it keeps every level it hands out."""
 
     def __init__(self, top: int) -> None:
         self.top = top
         self.calls: list[torch.Tensor] = []
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        levels = torch.randint(0, self.top + 1, (x.shape[0],), generator=generator)
+    def __call__(self, x: torch.Tensor, generator: SampleStreams) -> torch.Tensor:
+        levels = (generator.rand((), device=x.device) * (self.top + 1)).long()
         self.calls.append(levels)
         return levels
 
@@ -187,3 +188,108 @@ def test_integer_images_are_refused_with_value_error(diffusion):
     model = DefendedClassifier(None, TinyClassifier())
     with pytest.raises(ValueError, match="floating-point"):
         model(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+
+
+def test_named_samples_follow_a_tiled_batch_across_chunks(diffusion, images):
+    """Inside ``samples(ids)`` the rows of calls are the batch tiled, whatever the chunking:
+    row p of the tiled rows draws from the stream of (ids[p % N], p // N), exactly as the
+    purifier called with those keys and the same generator state does."""
+    model = defended(diffusion)
+    ids = torch.tensor([50, 51, 52])
+    rows = images[:3].repeat(3, 1, 1, 1)  # draw d of sample i is row 3 d + i
+    model.reseed(6)
+    with torch.no_grad(), model.samples(ids):
+        chunked = torch.cat([model.purify(chunk) for chunk in torch.split(rows, 4)])
+    reference, generator = [], torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for start, chunk in zip(range(0, 9, 4), torch.split(rows, 4)):
+            keys = torch.tensor(
+                [[int(ids[p % 3]), p // 3] for p in range(start, start + len(chunk))]
+            )
+            reference.append(model.purifier(chunk, generator, sample_ids=keys))
+    torch.testing.assert_close(chunked, torch.cat(reference), rtol=0, atol=0)
+
+
+def test_copies_of_a_sample_draw_apart_and_copy_zero_is_the_sample(diffusion, images):
+    model = defended(diffusion)
+    ids = torch.tensor([8, 3])
+    with torch.no_grad():
+        model.reseed(2)
+        with model.samples(ids):
+            tiled = model.purify(images[:2].repeat(3, 1, 1, 1)).view(3, 2, *images.shape[1:])
+        model.reseed(2)
+        with model.samples(ids):
+            once = model.purify(images[:2])
+        model.reseed(2)
+        direct = model.purify(images[:2], sample_ids=ids)
+    torch.testing.assert_close(tiled[0], once, rtol=0, atol=0)
+    torch.testing.assert_close(direct, once, rtol=0, atol=0)
+    for a, b in [(0, 1), (0, 2), (1, 2)]:
+        assert float((tiled[a] - tiled[b]).abs().amax((1, 2, 3)).min()) > 1e-3
+
+
+def test_samples_blocks_nest_count_rows_and_refuse_bad_ids(diffusion, images):
+    model = defended(diffusion)
+    assert model.sample_ids is None
+    with torch.no_grad(), model.samples(torch.tensor([1, 2, 3])):
+        model.purify(images[:2])
+        assert model._keys(2, None, count=False).tolist() == [[1, 0], [2, 0]]
+        assert model._keys(2, None, count=True).tolist() == [[3, 0], [1, 1]]
+        with model.samples(torch.tensor([9])):
+            assert model.sample_ids.tolist() == [9]
+        assert model.sample_ids.tolist() == [1, 2, 3]
+    assert model.sample_ids is None
+    for bad, message in [
+        (torch.tensor([1.0, 2.0]), "integer ids"),
+        (torch.tensor([4, 4]), "repeat a key"),
+        (torch.tensor([[1, 0], [2, 0]]), r"plain \(N,\) ids"),
+    ]:
+        with pytest.raises(ValueError, match=message), model.samples(bad):
+            pass
+    with pytest.raises(ValueError, match="batch of 2"):
+        model(images[:2], sample_ids=torch.tensor([1, 2, 3]))
+
+
+def test_levels_and_scores_use_the_named_samples(diffusion, stats, images):
+    eps_norm = EPSNorm(diffusion, num_levels=5)
+    policy = SSNISigmoid(eps_norm, stats, 6, 0.0, tau=stats.std)
+    model = DefendedClassifier(
+        DiffPure(diffusion, t_star=6, steps=2, noise=policy), TinyClassifier()
+    )
+    ids = torch.tensor([30, 31, 32, 33])
+    with torch.no_grad():
+        with model.samples(ids):
+            named = model.scores(images[:4], 7)
+        shuffled = model.scores(images[[2, 0, 3, 1]], 7, sample_ids=ids[[2, 0, 3, 1]])
+        alone = model.scores(images[3:4], 7, sample_ids=ids[3:])
+        by_position = model.scores(images[:4], 7)
+    torch.testing.assert_close(shuffled, named[[2, 0, 3, 1]], rtol=1e-6, atol=0)
+    torch.testing.assert_close(alone, named[3:], rtol=1e-6, atol=0)
+    assert not torch.allclose(by_position, named)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_normalisation_is_refused(bad):
+    for mean, std, name in [
+        ([0.5, bad, 0.5], [0.2] * 3, "mean"),
+        ([0.5] * 3, [0.2, bad, 0.2], "std"),
+    ]:
+        with pytest.raises(ValueError, match=f"{name} must be finite"):
+            DefendedClassifier(None, TinyClassifier(), mean, std)
+    with pytest.raises(ValueError, match="one value per channel"):
+        DefendedClassifier(None, TinyClassifier(), [0.5] * 3, [0.2] * 2)
+    with pytest.raises(ValueError, match="mean must be numbers"):
+        DefendedClassifier(None, TinyClassifier(), [True, 0.5, 0.5], [0.2] * 3)
+
+
+def test_non_finite_logits_raise_naming_the_classifier(images):
+    class Broken(TinyClassifier):
+        def forward(self, x):
+            out = super().forward(x)
+            return torch.where(torch.arange(out.shape[0])[:, None] == 1, float("nan"), out)
+
+    model = DefendedClassifier(None, Broken())
+    with pytest.raises(ValueError, match=r"classifier Broken produced non-finite logits.*1 of 3"):
+        model(images[:3])
+    with pytest.raises(ValueError, match="classifier Broken"):
+        model(images[:3].clone().requires_grad_(True))

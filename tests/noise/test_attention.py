@@ -97,3 +97,26 @@ def test_attention_mask_bad_inputs():
     ]:
         with pytest.raises(ValueError, match=message):
             AttentionMask(net, **{"layers": ["first"], **kwargs})
+
+
+def test_attention_mask_refuses_bad_images_and_non_finite_normalisation(images):
+    net = Probe()
+    nan, inf = float("nan"), float("inf")
+    for kwargs, message in [
+        ({"mean": (0.5, nan, 0.5), "std": (0.2,) * 3}, "mean must be finite"),
+        ({"mean": (0.5,) * 3, "std": (0.2, inf, 0.2)}, "std must be finite"),
+        ({"mean": (0.5,) * 3, "std": (0.2,) * 2}, "one value per channel"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            AttentionMask(net, ["first"], **kwargs)
+    mask = AttentionMask(net, ["first"], mean=(0.5,) * 3, std=(0.2,) * 3)
+    broken = images.clone()
+    broken[0, 0, 0, 0] = nan
+    for x, message in [
+        (broken, "NaN"),
+        (images * 255, r"\[0, 1\]"),
+        (images[:, :1], "1 channels but the model expects 3"),
+        (images[0], "4-D"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            mask(x)

@@ -8,20 +8,22 @@ import pytest
 import torch
 
 from art_ssni import DiffusionModel, EPSNorm, FixedNoise, ReferenceStats, SSNILinear, SSNISigmoid
+from art_ssni._rng import SampleStreams
 
 from tiny import TinyEpsNet
 
 
 def _per_sample_eps_norm(diffusion, x, num_levels, seed):
-    """EPS norm one sample and one level at a time, with the same noise draws."""
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn((x.shape[0], num_levels, *x.shape[1:]), generator=g)
+    """EPS norm one sample and one level at a time, sample i's T' noises being the first draw
+    of its own stream (key i) alone."""
     norms = []
     for i in range(x.shape[0]):
+        own = SampleStreams(seed, torch.tensor([i]))
+        noise = own.randn((num_levels, *x.shape[1:]), device="cpu")[0]
         total = torch.zeros_like(x[i : i + 1])
         for k in range(1, num_levels + 1):
             t = torch.tensor([k])
-            x_t = diffusion.q_sample(2 * x[i : i + 1] - 1, t, noise[i, k - 1 : k])
+            x_t = diffusion.q_sample(2 * x[i : i + 1] - 1, t, noise[k - 1 : k])
             total = total + diffusion.score(x_t, t)
         norms.append((total / num_levels).flatten().norm())
     return torch.stack(norms)
@@ -30,9 +32,36 @@ def _per_sample_eps_norm(diffusion, x, num_levels, seed):
 def test_batched_eps_norm_equals_per_sample_computation(diffusion, images):
     eps_norm = EPSNorm(diffusion, num_levels=7, batch_size=10)
     with torch.no_grad():
-        batched = eps_norm(images, generator=3)
+        batched = eps_norm(images, generator=SampleStreams(3, torch.arange(6)))
         reference = _per_sample_eps_norm(diffusion, images, 7, 3)
     assert torch.allclose(batched, reference, rtol=1e-5)
+
+
+def test_eps_norm_of_a_sample_is_the_same_alone_and_at_any_place_in_a_batch(diffusion, images):
+    """With ids the norm follows the sample wherever it sits; without ids a seed gives the
+    sample at position i the same norm in a batch of any size (only its position counts)."""
+    eps_norm = EPSNorm(diffusion, num_levels=5)
+    ids = torch.tensor([40, 41, 42, 43, 44, 45])
+    order = torch.tensor([5, 3, 0, 1, 4, 2])
+    with torch.no_grad():
+        batch = eps_norm(images, SampleStreams(8, ids))
+        shuffled = eps_norm(images[order], SampleStreams(8, ids[order]))
+        alone = eps_norm(images[2:3], SampleStreams(8, ids[2:3]))
+        torch.testing.assert_close(shuffled, batch[order], rtol=1e-6, atol=0)
+        torch.testing.assert_close(alone, batch[2:3], rtol=1e-6, atol=0)
+        first_alone = eps_norm(images[:1], generator=4)
+        first_of_six = eps_norm(images, generator=4)[:1]
+    torch.testing.assert_close(first_alone, first_of_six, rtol=1e-6, atol=0)
+    assert not torch.allclose(batch[:1], first_alone)
+
+
+def test_reference_norms_do_not_depend_on_the_batch_size(diffusion, images):
+    eps_norm = EPSNorm(diffusion, num_levels=4)
+    by_two = ReferenceStats.from_images(eps_norm, images, batch_size=2, generator=5, progress=False)
+    at_once = ReferenceStats.from_images(
+        eps_norm, images, batch_size=6, generator=5, progress=False
+    )
+    torch.testing.assert_close(by_two.norms, at_once.norms, rtol=1e-6, atol=0)
 
 
 def test_eps_norm_uses_few_batched_calls(counted, images):
@@ -119,7 +148,9 @@ def test_ssni_level_of_a_sample_ignores_its_batch_mates(diffusion, stats, images
     with torch.no_grad():
         alone = policy(images, generator=4)
         mixed = policy(torch.cat([images[:3], far[3:]]), generator=4)
+        each_alone = torch.cat([policy(images[i : i + 1], SampleStreams(4, [i])) for i in range(6)])
     assert torch.equal(alone[:3], mixed[:3])
+    assert torch.equal(each_alone, policy(images, SampleStreams(4, torch.arange(6))))
 
 
 def test_ssni_linear_batch_bounds_reproduce_the_reference_code(diffusion, stats):

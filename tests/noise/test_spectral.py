@@ -76,3 +76,22 @@ def test_spectral_bad_inputs():
             SpectralNoise(**kwargs)
     with pytest.raises(ValueError, match="shape"):
         SpectralNoise()(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 4))
+
+
+def test_spectral_refuses_bad_images_draws_and_eps0():
+    x = _smooth_images()
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    broken = z.clone()
+    broken[0, 0, 0, 0] = float("nan")
+    for args, message in [
+        ((x * 255, z), r"\[-1, 1\].*\[0, 255\]"),
+        ((x.clone().fill_(float("inf")), z), "x must be a finite"),
+        ((x, broken), "z must be a finite"),
+        ((x[0], z[0]), "4-D|B, C, H, W"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            SpectralNoise()(*args)
+    for eps0 in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="eps0"):
+            SpectralNoise(eps0=eps0)
+    assert torch.isfinite(SpectralNoise()(2 * x - 1, z)).all()  # the engine's [-1, 1] scale

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from art_ssni import DAC, AttentionMask, DiffusionModel, EPSNorm, MANIPure, SpectralNoise
+from art_ssni._rng import SampleStreams
 from art_ssni.diffusion import VPSchedule
 from art_ssni.noise import SSNILinear
 from art_ssni.purification import phase_projection
@@ -22,16 +23,18 @@ from tiny import GaussianOracle, Probe, RowCounter, TinyEpsNet, half_mask, saved
 
 def _reference_dac(model, x, mask, seed, *, t_large, t_small, stride, resample, eta=1.0):
     """Independent hand loop of DAC at one level for the whole batch, same draw order;
-    ``eta`` is the second stage's (1: DDPM, the published DAC; 0: DDIM)."""
-    g = torch.Generator().manual_seed(seed)
+    ``eta`` is the second stage's (1: DDPM, the published DAC; 0: DDIM). Each draw is the next
+    one of every sample's own stream (keyed by position)."""
+    own = SampleStreams.for_call(seed, x.shape[0])
+    draw = lambda: own.randn(x.shape[1:], device="cpu")  # noqa: E731
     ab = lambda t: model.schedule.abar(torch.tensor(t))  # noqa: E731
     n = x.shape[0]
     x = 2 * x - 1
-    cur = ab(t_large).sqrt() * x + (1 - ab(t_large)).sqrt() * torch.randn(x.shape, generator=g)
+    cur = ab(t_large).sqrt() * x + (1 - ab(t_large)).sqrt() * draw()
     grid1 = list(range(t_large, t_small - 1, -stride))
     for t, s in zip(grid1[:-1], grid1[1:]):
-        torch.randn(x.shape, generator=g)  # the driver's step noise (scale 0 here)
-        fresh, resampling = torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g)
+        draw()  # the driver's step noise (scale 0 here)
+        fresh, resampling = draw(), draw()
         cur = mask * cur + (1 - mask) * (ab(t).sqrt() * x + (1 - ab(t)).sqrt() * fresh)
         up = t + resample
         ratio = ab(up) / ab(t)
@@ -41,7 +44,7 @@ def _reference_dac(model, x, mask, seed, *, t_large, t_small, stride, resample, 
         cur = ab(s).sqrt() * x0 + (1 - ab(s)).sqrt() * eps
     grid2 = list(range(t_small, -1, -stride))
     for t, s in zip(grid2[:-1], grid2[1:]):
-        z = torch.randn(x.shape, generator=g)
+        z = draw()
         eps = model.eps_net(cur, torch.full((n,), t - 1))
         x0 = (cur - (1 - ab(t)).sqrt() * eps) / ab(t).sqrt()
         var = eta**2 * (1 - ab(s)) / (1 - ab(t)) * (1 - ab(t) / ab(s))
@@ -163,8 +166,8 @@ def test_full_gradient_equals_autograd_and_bpda_is_identity(diffusion, images, m
     w = torch.linspace(-1, 1, out.numel()).view_as(out)
     (out * w).sum().backward()
     x_ref = images.clone().requires_grad_(True)
-    g = torch.Generator().manual_seed(3)
-    ref = purifier.purify(x_ref, purifier.levels(x_ref, g), purifier.stages, g)
+    streams = purifier.streams(x_ref, 3)
+    ref = purifier.purify(x_ref, purifier.levels(x_ref, streams), purifier.stages, streams)
     (ref * w).sum().backward()
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-6, rtol=1e-5)

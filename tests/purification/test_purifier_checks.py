@@ -65,3 +65,13 @@ def test_purifiers_refuse_levels_the_model_was_not_trained_for(embedded_cifar10_
     )
     with pytest.raises(ValueError, match="trained for"):
         purifier(torch.rand(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, float("nan"), 1001])
+def test_diffpure_refuses_a_surrogate_level_outside_the_models_levels(diffusion, bad):
+    """0 used to become t* silently; a surrogate level is a whole number in 1..the top level
+    (it may exceed t*: ImageNet's published surrogate runs at 200 around t* = 150)."""
+    with pytest.raises(ValueError, match="surrogate_t_star"):
+        DiffPure(diffusion, t_star=4, steps=2, surrogate_t_star=bad)
+    assert DiffPure(diffusion, t_star=4, surrogate_t_star=6).surrogate_stages == ((6, 20),)
+    assert DiffPure(diffusion, t_star=4).surrogate_stages == ((4, 20),)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from art_ssni import GDMP, GNS, DiffPure, EPSNorm, SSNISigmoid
+from art_ssni._rng import SampleStreams
 from art_ssni.purification.guidance import ssim
 
 FAST = {"t_star": 20, "steps": 10, "surrogate_steps": 2}
@@ -42,9 +43,9 @@ def test_full_gradient_equals_autograd_through_the_plain_chain(diffusion, images
     (out * _weights(out)).sum().backward()
 
     x_ref = images.clone().requires_grad_(True)
-    g = torch.Generator().manual_seed(11)
-    levels = purifier.levels(x_ref, g)
-    ref = purifier.purify(x_ref, levels, purifier.stages, g, checkpoint=False)
+    streams = purifier.streams(x_ref, 11)
+    levels = purifier.levels(x_ref, streams)
+    ref = purifier.purify(x_ref, levels, purifier.stages, streams, checkpoint=False)
     (ref * _weights(ref)).sum().backward()
     assert torch.allclose(out, ref)
     assert torch.allclose(x.grad, x_ref.grad, atol=1e-6)
@@ -240,12 +241,12 @@ def test_rows_equal_a_counted_run_for_every_method(counted, images, stages):
 
 
 class _RandomLevels:
-    """A stochastic noise policy: levels drawn from the call's generator."""
+    """A stochastic noise policy: each level drawn from the sample's own stream."""
 
     t_star = 20
 
-    def __call__(self, x, generator=None):
-        return torch.randint(0, 41, (x.shape[0],), generator=generator)
+    def __call__(self, x, generator):
+        return (generator.rand((), device=x.device) * 41).long()
 
 
 @pytest.mark.parametrize("gradient", ["full", "surrogate", "bpda"])
@@ -260,7 +261,7 @@ def test_forward_with_levels_is_forward_plus_the_levels_of_that_pass(diffusion, 
         x_ref = images.clone().requires_grad_(grad)
         ref = purifier(x_ref, generator=4)
         assert torch.equal(out, ref)
-        expected = torch.randint(0, 41, (6,), generator=torch.Generator().manual_seed(4))
+        expected = (SampleStreams.for_call(4, 6).rand((), device="cpu") * 41).long()
         assert levels.dtype == torch.int64 and torch.equal(levels, expected)
         if grad:
             (out * weights).sum().backward()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from art_ssni import GDMP, GNS, DiffPure, DiffusionModel
+from art_ssni._rng import SampleStreams
 from art_ssni.diffusion import reverse_step
 
 from tiny import TinyEpsNet, loud_model, posterior, saved_bytes
@@ -15,17 +16,18 @@ from tiny import TinyEpsNet, loud_model, posterior, saved_bytes
 
 def _reference_purify(model, x, stages, seed, *, clip):
     """Independent reference: q_sample then a hand loop of reverse steps, stage after stage,
-    with the state passed on unclamped and only the final image clamped to [0, 1]."""
-    g = torch.Generator().manual_seed(seed)
+    with the state passed on unclamped and only the final image clamped to [0, 1]; every
+    draw is the next one of each sample's own stream (keyed by position)."""
+    own = SampleStreams.for_call(seed, x.shape[0])
     state = 2 * x - 1
     handoffs = []
     for level, steps in stages:
         a = model.schedule.abar(torch.tensor(level))
-        z = torch.randn(state.shape, generator=g)
+        z = own.randn(state.shape[1:], device="cpu")
         cur = a.sqrt() * state + (1 - a).sqrt() * z
         taus = [round(level * (steps - j) / steps + 1e-9) for j in range(steps + 1)]
         for j in range(steps):
-            n = torch.randn(state.shape, generator=g)
+            n = own.randn(state.shape[1:], device="cpu")
             t = torch.full((x.shape[0],), taus[j])
             s = torch.full((x.shape[0],), taus[j + 1])
             cur = reverse_step(model, cur, t, s, n, clip_denoised=clip)
@@ -106,10 +108,10 @@ def test_sde_purifier_gradient_modes(images, gradient):
         assert torch.equal(x.grad, w)
         return
     x_ref = images.clone().requires_grad_(True)
-    g = torch.Generator().manual_seed(3)
-    levels = purifier.levels(x_ref, g)
+    streams = purifier.streams(x_ref, 3)
+    levels = purifier.levels(x_ref, streams)
     stages = purifier.stages if gradient == "full" else purifier.surrogate_stages
-    ref = purifier.purify(x_ref, levels, stages, g, checkpoint=False)
+    ref = purifier.purify(x_ref, levels, stages, streams, checkpoint=False)
     (ref * w).sum().backward()
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-6, rtol=1e-5)
