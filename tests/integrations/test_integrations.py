@@ -136,7 +136,7 @@ def test_engine_attacks_delegate_and_compose_with_multiattack(diffusion, stats, 
         SelectorAwarePGD(DefendedClassifier(None, classifier), steps=1)(x, y)
     with pytest.raises(ValueError, match="norm"):
         PGDEOT(model, norm="L1")
-    with pytest.raises(ValueError, match="eps and alpha"):
+    with pytest.raises(ValueError, match=r"alpha must lie in \(0.0, inf\], got 0"):
         BPDAEOT(model, alpha=0)
 
 
