@@ -20,7 +20,7 @@ from .diffusion.sampler import SAMPLERS
 from .evaluation.attacks import NORMS
 from .evaluation.eot import CRITERIA
 from .evaluation.registry import ATTACKS, get_attack
-from .hardware import pick_device, pick_dtype
+from .hardware import pick_device, pick_dtype, pick_rows
 from .noise.registry import NOISES, get_noise
 from .purification.engine import GRADIENT_MODES
 from .purification.registry import Settings, get_method
@@ -95,13 +95,16 @@ class DefenceConfig:
 class ComputeConfig:
     """Where and how the diffusion network runs: the device ("auto": cuda if available, else
     cpu), its compute dtype ("auto": bfloat16 where the hardware runs it natively, else
-    float32; see :mod:`art_ssni.hardware`), channels-last memory order, ``torch.compile``.
-    A resolved configuration holds the concrete device and dtype, and why that dtype."""
+    float32; see :mod:`art_ssni.hardware`), channels-last memory order, ``torch.compile``,
+    and the most rows one network call takes when SSNI's EPS measure batches its levels
+    (None: :func:`~art_ssni.hardware.pick_rows` for the device and image size). A resolved
+    configuration holds the concrete device, dtype (and why) and rows."""
 
     device: str = "auto"
     dtype: str = "float32"
     channels_last: bool = False
     compile: bool = False
+    network_rows: int | None = None
     dtype_reason: str = ""
 
 
@@ -170,6 +173,7 @@ class Overrides:
     dtype: str | None = None
     channels_last: bool | None = None
     compile: bool | None = None
+    network_rows: int | None = None
 
     @classmethod
     def from_options(cls, **options: Any) -> Overrides:
@@ -255,7 +259,10 @@ def resolve(
             config = replace(config, attack=replace(attack, step=step))
     device = pick_device(config.compute.device)
     dtype, why = pick_dtype(config.compute.dtype, device)
-    compute = replace(config.compute, device=device, dtype=dtype, dtype_reason=why)
+    rows = pick_rows(config.compute.network_rows, device, preset.image_size)
+    compute = replace(
+        config.compute, device=device, dtype=dtype, dtype_reason=why, network_rows=rows
+    )
     config = replace(config, compute=compute)
     if config.ssni.tau is None and reference_std is not None:
         config = replace(config, ssni=replace(config.ssni, tau=float(reference_std)))
@@ -329,6 +336,8 @@ def check(config: RunConfig, available: int | None = None) -> None:
         raise ValueError(f"tau must be a positive number, got {ssni.tau!r}")
     for name in ("n_images", "draws", "batch_size", "runs"):
         _positive(getattr(config, name), name)
+    if config.compute.network_rows is not None:
+        _positive(config.compute.network_rows, "network_rows")
     if available is not None and config.n_images > available:
         raise ValueError(f"asked for {config.n_images} images but the data holds only {available}")
 

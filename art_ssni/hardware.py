@@ -3,7 +3,8 @@
 ``--dtype auto`` picks bfloat16 where the hardware has native bfloat16 arithmetic (a CPU with
 the ``amx_bf16`` or ``avx512_bf16`` flag, a CUDA device that supports bfloat16) and float32
 elsewhere. A reduced dtype the device would only emulate (many times slower than float32) is
-refused with the reason.
+refused with the reason. :func:`pick_rows` sizes the network calls of passes that batch many
+rows (SSNI's EPS levels) to what the device runs fastest.
 """
 
 from __future__ import annotations
@@ -75,3 +76,22 @@ def pick_dtype(
             "use --dtype float32 or auto"
         )
     return requested, f"{where} runs {requested} natively"
+
+
+CPU_CALL_PIXELS = 64 * 32 * 32
+"""Image pixels one network call takes on a CPU when a pass batches many rows: 64 rows of
+32x32, where the shipped CIFAR-10 UNet runs fastest on the dev CPU (8 to 64 rows per call;
+256 rows lose 16 to 27 %, benchmarks/README.md, "Throughput against the machine")."""
+DEVICE_CALL_ROWS = 1024
+"""Rows one network call takes elsewhere (a GPU fills up with large calls)."""
+
+
+def pick_rows(requested: int | None, device: str, image_size: int) -> int:
+    """Most rows one call of the diffusion network takes in a pass that batches many rows:
+    ``requested`` when given; on a CPU as many images of ``image_size`` x ``image_size`` as
+    make :data:`CPU_CALL_PIXELS` (at least 1), elsewhere :data:`DEVICE_CALL_ROWS`."""
+    if requested is not None:
+        return requested
+    if torch.device(device).type == "cpu":
+        return max(1, CPU_CALL_PIXELS // (image_size * image_size))
+    return DEVICE_CALL_ROWS

@@ -31,7 +31,7 @@ from .evaluation.runner import (
     mark_run_dir,
     progress_bar,
 )
-from .hardware import TORCH_DTYPES, pick_device, pick_dtype
+from .hardware import TORCH_DTYPES, pick_device, pick_dtype, pick_rows
 from .io import module_digest, tensor_digest
 from .models.defended import DefendedClassifier
 from .noise import EPSNorm, ReferenceStats
@@ -60,7 +60,7 @@ def build_defence(
             "`art-ssni stats`)"
         )
     if noise_spec.uses_scores and eps_norm is None:
-        eps_norm = EPSNorm(setup.diffusion, ssni.num_levels)
+        eps_norm = EPSNorm(setup.diffusion, ssni.num_levels, batch_size=_rows(config))
     policy = noise_spec.build(
         spec.level(defence.settings),
         eps_norm=eps_norm,
@@ -81,6 +81,14 @@ def build_defence(
     return DefendedClassifier(
         purifier, setup.classifier, setup.mean, setup.std, purify_size=setup.purify_size
     )
+
+
+def _rows(config: RunConfig) -> int:
+    """Rows per network call of the EPS measure: the resolved configuration's."""
+    rows = config.compute.network_rows
+    if rows is None:
+        raise ValueError("the configuration is not resolved: compute.network_rows is None")
+    return rows
 
 
 def row_label(config: RunConfig, model: DefendedClassifier, noise: str) -> str:
@@ -112,7 +120,7 @@ def build_rows(config: RunConfig, setup: Setup) -> list[Row]:
         rows.append(Row(key, "No defence", undefended, first, budget))
     uses_scores = any(get_noise(n).uses_scores for n in config.defence.noises)
     eps_norm = (
-        EPSNorm(setup.diffusion, config.ssni.num_levels)
+        EPSNorm(setup.diffusion, config.ssni.num_levels, batch_size=_rows(config))
         if uses_scores and setup.stats is not None
         else None
     )
@@ -326,7 +334,7 @@ def smoke_statistics(config: RunConfig, setup: Setup) -> ReferenceStats:
         file=sys.stderr,
     )
     images = setup.x[subset(total, ssni.reference_images, config.seed)]
-    eps_norm = EPSNorm(setup.diffusion, ssni.num_levels)
+    eps_norm = EPSNorm(setup.diffusion, ssni.num_levels, batch_size=_rows(config))
     return ReferenceStats.from_images(
         eps_norm, images, batch_size=len(images), generator=config.seed, progress=False
     )
@@ -440,7 +448,8 @@ def reference_stats(
     device = pick_device(compute.device)
     dtype, why = pick_dtype(compute.dtype, device)
     place(setup, replace(compute, device=device, dtype=dtype, dtype_reason=why))
-    eps_norm = EPSNorm(setup.diffusion, num_levels or preset.ssni.num_levels)
+    rows = pick_rows(compute.network_rows, device, preset.image_size)
+    eps_norm = EPSNorm(setup.diffusion, num_levels or preset.ssni.num_levels, batch_size=rows)
     return ReferenceStats.from_images(
         eps_norm, setup.x[index], batch_size=batch_size, generator=seed, progress=progress
     )
