@@ -17,25 +17,51 @@ time for DiffPure, DiffPure + SSNI-N and GNS at ``--overhead-batch`` on small 8x
 the remainder above 1 is the sampler's and engine's own work (noise draws, schedule lookups,
 the update arithmetic, Python).
 
+The throughput against the machine (``--only throughput``) measures, in float32 and bfloat16
+on the shipped CIFAR-10 UNet (the network ``art-ssni evaluate`` runs by default), the FLOPs
+counted by ``torch.utils.flop_counter.FlopCounterMode`` per second against the rate of a
+1024^3 matmul in the same dtype: the network's forward, its forward and backward (gradient
+to the input, weights frozen, as in an attack), one whole purification (DiffPure t* = 100 in
+20 steps, the preset's) and one attack step (the EOT gradient through that purification and
+the classifier, exact gradient): engine and classifier included; and where a forward's time
+goes, operator by operator. ``--only fixes`` measures the cheap fixes against their
+baseline in the same run, as time ratios (before / after): bfloat16, channels-last (in both
+dtypes), batching the EPS levels (all levels of all images in one call against one call of
+the images per level), batching the EOT rows (``max_rows``: all draws in one pass against
+one pass per draw), the rate against the rows per call in both dtypes and the EPS norm in
+chunks of ``--chunk`` rows against one call of all rows; ``--only compile`` times
+``torch.compile`` of the network call (its compile time, then eager / compiled). Each adds
+its section to ``core.json`` (the other sections are kept).
+
     python benchmarks/bench_core.py [--device cpu] [--batch 4] [--out benchmarks/results/core.json]
     python benchmarks/bench_core.py --only overhead   # writes benchmarks/results/core_overhead.json
+    OMP_NUM_THREADS=1 python benchmarks/bench_core.py --only throughput
+    OMP_NUM_THREADS=1 python benchmarks/bench_core.py --only fixes
+    OMP_NUM_THREADS=1 python benchmarks/bench_core.py --only compile
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from art_ssni import GNS, DiffPure, DiffusionModel, EPSNorm, ReferenceStats, SSNISigmoid
 from art_ssni._compat import import_torchvision
+from art_ssni.io import atomic_write_text
 from art_ssni.models.zoo import load_embedded_eps_net
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class RowCounter(nn.Module):
@@ -183,6 +209,240 @@ def engine_overhead(
     return out
 
 
+def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 5) -> float:
+    """GFLOP/s of an n x n x n matmul in ``dtype``: the rate dense layers can reach here."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
+    a @ b
+    return 2 * n**3 / timed(lambda: a @ b, repeats, torch.device("cpu")) / 1e9
+
+
+class _NoModuleTracking:
+    """Stands in for FlopCounterMode's per-module tracker: its backward hooks make
+    ``torch.autograd.grad`` on an input leaf fail (torch 2.13), and only the total is used."""
+
+    parents = ("Global",)
+
+    def __enter__(self) -> _NoModuleTracking:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def counted_flops(fn) -> int:
+    """The FLOPs ``fn`` executes (matmuls, convolutions, attention; forward and backward)."""
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _NoModuleTracking()
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def rate(fn, repeats: int, peak: float) -> dict[str, float]:
+    """FLOPs of one call of ``fn`` (counted once, which also warms it up), its median time
+    over ``repeats`` and the rate reached, also as a fraction of the matmul ``peak``."""
+    flops = counted_flops(fn)
+    seconds = timed(fn, repeats, torch.device("cpu"))
+    return {
+        "gflop": flops / 1e9,
+        "seconds": seconds,
+        "gflop_per_s": flops / seconds / 1e9,
+        "fraction_of_matmul_peak": flops / seconds / 1e9 / peak,
+    }
+
+
+def time_by_op(fn, top: int = 6) -> dict[str, float]:
+    """The share of ``fn``'s CPU time in each operator (its own time, profiler), the ``top``
+    largest: where the time that FLOPs do not count goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        fn()
+    events = profiler.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    largest = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
+    return {e.key: e.self_cpu_time_total / total for e in largest}
+
+
+def cifar10_defence():
+    """The cifar10-embedded preset's shipped models and images and its DiffPure (t* = 100 in
+    20 steps, exact gradient) with the fixed level: what ``art-ssni evaluate`` runs."""
+    from art_ssni.config import Overrides, resolve
+    from art_ssni.pipeline import build_defence
+    from art_ssni.sources import load_setup
+
+    setup = load_setup("cifar10-embedded")
+    config = resolve("cifar10-embedded", Overrides(dtype="float32", noises=("fixed",)))
+    return setup, build_defence(config, setup, "fixed")
+
+
+def throughput(args: argparse.Namespace) -> dict:
+    """Per dtype: forward, forward + backward, one purification and one attack step of the
+    cifar10-embedded DiffPure, each as GFLOP/s against the matmul peak of that dtype."""
+    from art_ssni.evaluation.eot import eot_gradient
+
+    setup, defended = cifar10_defence()
+    diffusion = setup.diffusion
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn(args.rows, 3, 32, 32, generator=g)
+    t = torch.full((args.rows,), 100)
+    x = setup.x[: args.purify_batch]
+    xa, ya = setup.x[: args.attack_batch], setup.y[: args.attack_batch]
+
+    def forward_backward():
+        xg = x_t.clone().requires_grad_(True)
+        torch.autograd.grad(diffusion.eps(xg, t).sum(), xg)
+
+    out = {
+        "network": "the shipped CIFAR-10 SmallUNet (267,891 parameters), 3x32x32",
+        "rows": args.rows,
+        "purify_batch": args.purify_batch,
+        "attack_batch": args.attack_batch,
+        "gflop_per_row": counted_flops(lambda: diffusion.eps(x_t[:1], t[:1])) / 1e9,
+    }
+    for name, dtype in DTYPES.items():
+        diffusion.set_speed_options(compute_dtype=dtype)
+        peak = matmul_peak(dtype, args.matmul_size)
+        with torch.no_grad():
+            forward = rate(lambda: diffusion.eps(x_t, t), args.repeats, peak)
+            purification = rate(lambda: defended.purifier(x, 0), args.repeats, peak)
+        rows = {
+            "forward": forward,
+            "forward_backward": rate(forward_backward, args.repeats, peak),
+            "purification": purification,
+            "attack_step": rate(lambda: eot_gradient(defended, xa, ya, 1), args.repeats, peak),
+        }
+        network_seconds = purification["gflop"] / forward["gflop_per_s"]
+        with torch.no_grad():
+            by_op = time_by_op(lambda: diffusion.eps(x_t, t))
+        out[name] = {
+            "matmul_peak_gflop_per_s": peak,
+            **rows,
+            "purification_over_its_network_calls": purification["seconds"] / network_seconds,
+            "forward_time_by_op": by_op,
+        }
+    diffusion.set_speed_options()
+    return out
+
+
+def ratio(before, after, repeats: int) -> dict[str, float]:
+    """Median seconds of ``before`` and ``after``, timed alternately, and before / after."""
+    before(), after()
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    for _ in range(repeats):
+        for key, fn in (("before", before), ("after", after)):
+            times[key].append(timed(fn, 1, torch.device("cpu")))
+    b, a = statistics.median(times["before"]), statistics.median(times["after"])
+    return {"before_seconds": b, "after_seconds": a, "before_over_after": b / a}
+
+
+def fixes(args: argparse.Namespace) -> dict:
+    """The cheap fixes, each timed against its baseline in the same run (ratios)."""
+    from art_ssni.evaluation.eot import eot_gradient
+
+    setup, defended = cifar10_defence()
+    diffusion = setup.diffusion
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn(args.rows, 3, 32, 32, generator=g)
+    t = torch.full((args.rows,), 100)
+    out: dict = {"rows": args.rows, "repeats": args.repeats}
+
+    def call():
+        with torch.no_grad():
+            diffusion.eps(x_t, t)
+
+    out["bfloat16"] = ratio(call, lambda: _with(diffusion, call, torch.bfloat16), args.repeats)
+    net = copy.deepcopy(diffusion.eps_net)
+    for name, dtype in DTYPES.items():
+        diffusion.set_speed_options(compute_dtype=dtype)
+        nhwc = DiffusionModel(net, diffusion.schedule, compute_dtype=dtype, channels_last=True)
+        with torch.no_grad():
+            out[f"channels_last_{name}"] = ratio(call, lambda m=nhwc: m.eps(x_t, t), args.repeats)
+    diffusion.set_speed_options()
+    out["gflop_per_s_by_rows_per_call"] = by_rows = {}
+    for name, dtype in DTYPES.items():
+        diffusion.set_speed_options(compute_dtype=dtype)
+        by_rows[name] = {}
+        for rows in args.row_sweep:
+            xs, ts = torch.randn(rows, 3, 32, 32, generator=g), torch.full((rows,), 100)
+            with torch.no_grad():
+                speed = rate(lambda xs=xs, ts=ts: diffusion.eps(xs, ts), args.repeats, 1.0)
+            by_rows[name][str(rows)] = speed["gflop_per_s"]
+        chunks = eps_chunks(diffusion, setup.x[: args.chunk_images], args.chunk, args.repeats)
+        out[f"eps_rows_chunked_{name}"] = chunks
+    diffusion.set_speed_options()
+    images = setup.x[: args.eps_images]
+    levels = 20
+    per_level = EPSNorm(diffusion, levels, batch_size=args.eps_images)
+    all_rows = EPSNorm(diffusion, levels, batch_size=1024)
+    with torch.no_grad():
+        out["eps_levels_batched"] = {
+            "images": args.eps_images,
+            "levels": levels,
+            **ratio(lambda: per_level(images, 0), lambda: all_rows(images, 0), args.repeats),
+        }
+    n, draws = args.eot_images, args.eot_draws
+    xe, ye = setup.x[:n], setup.y[:n]
+    out["eot_rows_batched"] = {
+        "images": n,
+        "draws": draws,
+        **ratio(
+            lambda: eot_gradient(defended, xe, ye, draws, max_rows=n),
+            lambda: eot_gradient(defended, xe, ye, draws, max_rows=n * draws),
+            args.repeats,
+        ),
+    }
+    return out
+
+
+def eps_chunks(diffusion: DiffusionModel, images, chunk: int, repeats: int) -> dict:
+    """The EPS norm (T' = 20) of ``images`` with every row in one call (before) against
+    calls of ``chunk`` rows (after)."""
+    whole, chunked = (EPSNorm(diffusion, 20, batch_size=b) for b in (1024, chunk))
+    with torch.no_grad():
+        measured = ratio(lambda: whole(images, 0), lambda: chunked(images, 0), repeats)
+    return {"images": len(images), "levels": 20, "chunk": chunk, **measured}
+
+
+def compiled(args: argparse.Namespace) -> dict:
+    """torch.compile of the network call: the compile time with an empty compile cache (a
+    fresh ``TORCHINDUCTOR_CACHE_DIR``), then eager / compiled time of a call of ``args.rows``
+    rows, float32."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-core-inductor-")
+    setup, _ = cifar10_defence()
+    diffusion = setup.diffusion
+    x_t = torch.randn(args.rows, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.full((args.rows,), 100)
+    repeats = args.repeats
+    compiled = DiffusionModel(diffusion.eps_net, diffusion.schedule, compile=True)
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            compiled.eps(x_t, t)
+    except Exception as err:  # an inductor without a working compiler: record why
+        return {"error": f"{type(err).__name__}: {err}"[:500]}
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        measured = ratio(lambda: diffusion.eps(x_t, t), lambda: compiled.eps(x_t, t), repeats)
+    return {"compile_seconds": seconds, **measured}
+
+
+def _with(diffusion: DiffusionModel, fn, dtype: torch.dtype):
+    diffusion.set_speed_options(compute_dtype=dtype)
+    try:
+        return fn()
+    finally:
+        diffusion.set_speed_options()
+
+
+def cpu() -> torch.device:
+    return torch.device("cpu")
+
+
+SECTIONS = {"throughput": throughput, "fixes": fixes, "compile": compiled}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -190,7 +450,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--t-star", type=int, default=100)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--only", choices=("all", "overhead"), default="all")
+    parser.add_argument(
+        "--only", choices=("all", "overhead", "throughput", "fixes", "compile"), default="all"
+    )
+    parser.add_argument("--rows", type=int, default=64, help="rows per network call")
+    parser.add_argument("--matmul-size", type=int, default=1024, help="n of the peak's matmul")
+    parser.add_argument("--purify-batch", type=int, default=8)
+    parser.add_argument("--attack-batch", type=int, default=4)
+    parser.add_argument("--row-sweep", type=int, nargs="+", default=[1, 8, 64, 256])
+    parser.add_argument("--eps-images", type=int, default=4)
+    parser.add_argument("--eot-images", type=int, default=2)
+    parser.add_argument("--eot-draws", type=int, default=4)
+    parser.add_argument("--chunk-images", type=int, default=32, help="EPS norms chunked")
+    parser.add_argument("--chunk", type=int, default=64, help="rows per call when chunked")
     parser.add_argument("--overhead-batch", type=int, default=32)
     parser.add_argument(
         "--overhead-networks",
@@ -211,6 +483,17 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
+    if args.only in SECTIONS:
+        load = os.getloadavg()[0]
+        section = SECTIONS[args.only](args)
+        print(json.dumps(section, indent=2))
+        out = Path(args.out)
+        record = json.loads(out.read_text()) if out.exists() else {}
+        load = {"load_average_before": load, "load_average_after": os.getloadavg()[0]}
+        record[args.only] = {**section, **_context(device), **load}
+        atomic_write_text(out, json.dumps(record, indent=2))
+        print(f"wrote {out} ({args.only})")
+        return
     overhead = {
         network: {
             "network": OVERHEAD_NETWORKS[network][0],

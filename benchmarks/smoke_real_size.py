@@ -1,10 +1,15 @@
-r"""``--quick`` on a paper preset at real size: wall time and peak memory of the smoke run.
+r"""``--quick`` on the paper presets at real size: wall time and peak memory of the smoke run.
 
 Writes random weights in the real layouts into ``--work`` (score_sde's DDPM++ deep
 ``checkpoint_8.pth`` layout at its full 106.6 M parameters, RobustBench's WRN-28-10
-``Standard.pt``, two images as an .npz), computes reference statistics of the two images, then
-times ``art-ssni evaluate --preset cifar10-linf --quick`` in a fresh process (``/usr/bin/time``
-reports the wall time and the peak resident memory)::
+``Standard.pt``, two images as an .npz), then times ``art-ssni evaluate --preset P --quick``
+for each preset P in a fresh process per thread count (``/usr/bin/time`` reports the wall
+time and the peak resident memory); the runs are added to ``--out`` (others are kept). The
+smoke run needs no statistics file: it computes its own at its T' = 1 from 2 of its images.
+The record also holds what one network row costs (FLOPs counted by
+``torch.utils.flop_counter`` on the meta device: DDPM++ at 32x32, and guided-diffusion's ADM
+at 256x256, imagenet-linf's network, not timed here) and the machine's 1-minute load average
+around each run, as the machine may be shared::
 
     python benchmarks/smoke_real_size.py --work /tmp/smoke \
         --out benchmarks/results/smoke_real_size.json
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -51,40 +57,79 @@ def write_files(work: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def timed(argv: list[str]) -> dict[str, float]:
-    """Run ``art-ssni argv`` under /usr/bin/time: wall seconds and peak resident GiB."""
+def gflop_per_row() -> dict[str, float]:
+    """FLOPs of one network forward on one image, counted on the meta device (no weights)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from art_ssni.diffusion.networks.adm import ADMUNet
+    from art_ssni.diffusion.networks.ncsnpp import NCSNpp
+
+    networks = {
+        "score_sde DDPM++ 32x32": (NCSNpp, 32),
+        "ADM 256x256 (imagenet-linf)": (ADMUNet, 256),
+    }
+    out = {}
+    for name, (build, size) in networks.items():
+        with torch.device("meta"), torch.no_grad(), FlopCounterMode(display=False) as counter:
+            build()(torch.zeros(1, 3, size, size), torch.tensor([10]))
+        out[name] = counter.get_total_flops() / 1e9
+    return out
+
+
+def timed(argv: list[str], threads: int) -> dict[str, float]:
+    """Run ``art-ssni argv`` with ``threads`` torch threads under /usr/bin/time: wall
+    seconds, peak resident GiB, and the 1-minute load average before and after."""
     command = ["/usr/bin/time", "-f", "TIME %e %M", sys.executable, "-m", "art_ssni", *argv]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    before = os.getloadavg()[0]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=environment)
     seconds, kib = re.findall(r"TIME ([\d.]+) (\d+)", done.stderr)[-1]
-    return {"seconds": float(seconds), "peak_resident_GiB": int(kib) / 2**20}
+    return {
+        "threads": threads,
+        "seconds": float(seconds),
+        "peak_resident_GiB": int(kib) / 2**20,
+        "load_average_before": before,
+        "load_average_after": os.getloadavg()[0],
+    }
+
+
+def work_done(run: Path) -> dict[str, object]:
+    """What the smoke run did, read back from its results: sizes and the rows it ran."""
+    results = json.loads((run / "results.json").read_text())
+    config = results["config"]
+    return {
+        "n_images": config["n_images"],
+        "num_levels": config["ssni"]["num_levels"],
+        "reference_images": config["ssni"]["reference_images"],
+        "steps": config["defence"]["settings"].get("steps"),
+        "rows": {row["key"]: row["seconds_per_image"] for row in results["rows"]},
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--presets", nargs="+", default=["cifar10-linf"])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1])
     return parser.parse_args(argv)
 
 
 def main() -> None:
     args = parse_args()
-    files = [*write_files(args.work), "--preset", "cifar10-linf", "--no-progress"]
-    stats = args.work / "stats.safetensors"
-    record = {
-        "stats": timed(["stats", *files, "--n-images", "2", "--out", str(stats)]),
-        "quick": timed(
-            [
-                "evaluate",
-                *files,
-                "--quick",
-                "--stats",
-                str(stats),
-                "--overwrite",
-                "--out",
-                str(args.work / "run"),
-            ]
-        ),  # fmt: skip
-    }
+    files = [*write_files(args.work), "--no-progress"]
+    record = json.loads(args.out.read_text()) if args.out.exists() else {}
+    record.update({"gflop_per_row": gflop_per_row(), "torch": torch.__version__})
+    for preset in args.presets:
+        for threads in args.threads:
+            run = args.work / f"run-{preset}-{threads}"
+            argv = ["evaluate", *files, "--preset", preset, "--quick", "--out", str(run)]
+            if run.exists():
+                argv.append("--overwrite")
+            record[f"{preset} quick, {threads} thread(s)"] = {
+                **timed(argv, threads),
+                **work_done(run),
+            }
     atomic_write_text(args.out, json.dumps(record, indent=2))
     print(json.dumps(record, indent=2))
 

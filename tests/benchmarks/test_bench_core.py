@@ -22,3 +22,63 @@ def test_engine_overhead_replays_the_engines_calls(one_thread) -> None:
             row["engine_seconds"] / row["bare_network_seconds"]
         )
         assert row["engine_over_bare"] > 1
+
+
+def _args(bench_core, *extra: str):
+    return bench_core.parse_args(
+        [
+            "--rows",
+            "2",
+            "--purify-batch",
+            "1",
+            "--attack-batch",
+            "1",
+            "--repeats",
+            "1",
+            "--matmul-size",
+            "128",
+            *extra,
+        ]  # fmt: skip
+    )
+
+
+def test_throughput_counts_the_flops_of_each_measured_call(one_thread) -> None:
+    """Forward FLOPs are rows x FLOPs per row; a purification of the cifar10-embedded DiffPure
+    is 20 network rows per image; backward to the input at least doubles the forward; every
+    rate is its FLOPs over its time and is compared with the matmul peak of its dtype."""
+    bench_core = load_benchmark("bench_core")
+    result = bench_core.throughput(_args(bench_core))
+    per_row = result["gflop_per_row"]
+    assert per_row > 0
+    for dtype in ("float32", "bfloat16"):
+        rows = result[dtype]
+        assert rows["forward"]["gflop"] == pytest.approx(2 * per_row)
+        assert rows["forward_backward"]["gflop"] >= 2 * rows["forward"]["gflop"]
+        assert rows["purification"]["gflop"] == pytest.approx(20 * per_row)
+        assert rows["attack_step"]["gflop"] > 2 * rows["purification"]["gflop"]
+        assert 0 < sum(rows["forward_time_by_op"].values()) <= 1 + 1e-9
+        for name in ("forward", "forward_backward", "purification", "attack_step"):
+            row = rows[name]
+            assert row["gflop_per_s"] == pytest.approx(row["gflop"] / row["seconds"])
+            assert row["fraction_of_matmul_peak"] == pytest.approx(
+                row["gflop_per_s"] / rows["matmul_peak_gflop_per_s"]
+            )
+
+
+def test_fixes_are_ratios_of_timings_taken_in_the_same_run(one_thread) -> None:
+    bench_core = load_benchmark("bench_core")
+    extra = ["--eps-images", "1", "--eot-images", "1", "--eot-draws", "2", "--chunk-images", "2"]
+    args = _args(bench_core, *extra, "--chunk", "8")
+    args.row_sweep = [1, 2]
+    result = bench_core.fixes(args)
+    names = ["bfloat16", "eps_levels_batched", "eot_rows_batched"]
+    per_dtype = [
+        f"{f}_{d}" for f in ("channels_last", "eps_rows_chunked") for d in bench_core.DTYPES
+    ]
+    for name in [*names, *per_dtype]:
+        entry = result[name]
+        assert entry["before_over_after"] == pytest.approx(
+            entry["before_seconds"] / entry["after_seconds"]
+        )
+    for dtype in ("float32", "bfloat16"):
+        assert sorted(result["gflop_per_s_by_rows_per_call"][dtype]) == ["1", "2"]
