@@ -408,9 +408,13 @@ def one_step_psnr(net: nn.Module, x: torch.Tensor, level: int, seed: int) -> flo
 
 
 def write_card(args: argparse.Namespace) -> dict[str, Any]:
-    """Evaluate both models on the test split and write cifar10.json and the 512 images."""
+    """Evaluate the models trained in ``--work`` on the test split and write cifar10.json and
+    the 512 images. A model not trained there keeps its section of the current card (its
+    shipped file must match the recorded sha256), and so does the card's SSNI choice."""
     from safetensors.torch import load_file
 
+    card_path = args.out / CIFAR10_FILES["card"]
+    previous = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
     x, y = load_cifar10("test", root=args.data, source="jpeg")
     card: dict[str, Any] = {
         "format_version": 1,
@@ -432,8 +436,17 @@ def write_card(args: argparse.Namespace) -> dict[str, Any]:
         },
     }
     for key, cls in (("classifier", CompactCNN), ("eps_net", SmallUNet)):
-        meta = json.loads((args.work / f"{key}.json").read_text(encoding="utf-8"))
         path = args.out / CIFAR10_FILES[key]
+        if not (args.work / f"{key}.json").is_file():
+            kept = previous.get(key)
+            if kept is None or sha256_file(path) != kept["sha256"]:
+                raise FileNotFoundError(
+                    f"{key} was not trained in {args.work} and {path} is not the one the "
+                    f"current card records"
+                )
+            card[key] = {**kept, "kept_from_previous_card": True}
+            continue
+        meta = json.loads((args.work / f"{key}.json").read_text(encoding="utf-8"))
         model = cls(**meta["config"]).eval()
         full = load_file(str(args.work / f"{key}_fp32.safetensors"))
         model.load_state_dict(full)
@@ -476,6 +489,8 @@ def write_card(args: argparse.Namespace) -> dict[str, Any]:
         "draw": f"fixed_subset({SHIPPED_IMAGES}, 10000, seed=0) of the JPEG test order",
         "classifier_accuracy": test_accuracy(classifier, images.float() / 255, y[idx]),
     }
+    if "ssni" in previous:
+        card["ssni"] = previous["ssni"]
     (args.out / CIFAR10_FILES["card"]).write_text(
         json.dumps(card, indent=2) + "\n", encoding="utf-8"
     )
