@@ -148,6 +148,8 @@ COMMON: Flags = [
     ("--channels-last", {"action": "store_true", "default": None,
                          "help": "channels-last memory order for the diffusion network"}),
     ("--compile", {"action": "store_true", "default": None, "help": "torch.compile the network"}),
+    ("--network-rows", {"type": POSITIVE, "help": "most images per diffusion-network call "
+                        "(default: 65,536 pixels' worth on a CPU, 1024 elsewhere)"}),
     ("--seed", {"type": SEED, "default": 0, "help": "seed of the image subset and every draw"}),
     ("--no-progress", {"action": "store_true", "help": "hide progress bars"}),
 ]  # fmt: skip

@@ -311,3 +311,10 @@ def test_command_line_runs_both_methods_on_the_embedded_default(tmp_path, method
     assert main([*args, "--out", str(out)]) == 0
     (row,) = json.loads((out / "results.json").read_text())["rows"]
     assert row["method"] == ("DAC" if method == "dac" else "MANI-Pure") + " (t*=60)"
+
+
+def test_network_rows_flag_reaches_the_compute_config() -> None:
+    config, _ = plan(["evaluate", "--preset", "digits", "--network-rows", "16"])
+    assert config.compute.network_rows == 16
+    default, _ = plan(["evaluate", "--preset", "digits"])
+    assert default.compute.network_rows == 65_536 // (8 * 8)
