@@ -24,6 +24,7 @@ from .hardware import pick_device, pick_dtype, pick_rows
 from .noise.registry import NOISES, get_noise
 from .purification.engine import GRADIENT_MODES
 from .purification.registry import Settings, get_method
+from .validation import check_unique
 
 if TYPE_CHECKING:
     from .presets import Preset
@@ -299,6 +300,7 @@ def _one_of(values: Any, allowed: Any, name: str) -> None:
     bad = [v for v in values if v not in allowed]
     if bad or not values:
         raise ValueError(f"{name}: unknown {bad or 'empty value'}; choose from {sorted(allowed)}")
+    check_unique(values, name)
 
 
 def check(config: RunConfig, available: int | None = None) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .validation import check_device
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NATIVE_CPU_FLAGS = {"bfloat16": ("amx_bf16", "avx512_bf16"), "float16": ("amx_fp16", "avx512_fp16")}
@@ -36,15 +38,7 @@ def pick_device(requested: str) -> str:
     checked (a ValueError says why a device is unusable)."""
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(requested)
-    except RuntimeError as err:
-        raise ValueError(f"device {requested!r} is not a device torch knows ({err})") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {requested}: this torch build has no usable CUDA device")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {requested}: MPS is not available here")
-    return requested
+    return str(check_device(requested))
 
 
 def pick_dtype(

@@ -363,6 +363,8 @@ def evaluate(
     (``noises="fixed,ssni-n"``, ``attacks="pgd-eot"``, ``eps=8/255``, ``t_star=100``,
     ``runs=3``, ``baseline=False``, ...). Results are written to ``out`` (resumable).
     """
+    if not str(out).strip():
+        raise ValueError("out must name a folder for the results, got an empty path")
     config, setup = prepare(preset, **arguments)
     return run_evaluation(config, setup, out=out, overwrite=overwrite, progress=progress)
 

@@ -116,12 +116,19 @@ class AttentionMask:
             mean = self.mean.to(x.device, x.dtype).view(1, -1, 1, 1)
             inp = (x - mean) / self.std.to(x.device, x.dtype).view(1, -1, 1, 1)
         maps: list[torch.Tensor] = []
+        seen: set[int] = set()
         grad = torch.is_grad_enabled() and x.requires_grad
 
-        def record(_module, _inputs, output):
+        def record(module, _inputs, output):
+            # a classifier with test-time augmentation runs a block on several views: read the
+            # block's first call, on the first B rows (the image as given)
+            if id(module) in seen:
+                return
+            seen.add(id(module))
             out = output[0] if isinstance(output, (tuple, list)) else output
             if out.dim() != 4:
                 raise ValueError(f"a hooked block must output (B, C, h, w), got {out.dim()}-D")
+            out = out[: x.shape[0]]
             out = (out if grad else out.detach()).to(torch.promote_types(out.dtype, torch.float32))
             energy = out.pow(2).sum(1, keepdim=True)
             maps.append(F.interpolate(energy, size=x.shape[-2:], mode="bilinear"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..validation import check_images
+
 
 class FixedNoise:
     """Returns ``t_star`` for every sample (DiffPure, GDMP, GNS as published)."""
@@ -14,6 +16,7 @@ class FixedNoise:
         self.t_star = t_star
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = check_images(x)
         return torch.full((x.shape[0],), self.t_star, dtype=torch.long, device=x.device)
 
     def __repr__(self) -> str:

@@ -239,10 +239,6 @@ def _method_entry(method: str) -> ImageEntry:
     return ImageEntry(make, _same_as_float32)
 
 
-FIXED_CHECKS_NOTHING = (
-    "FixedNoise reads only x.shape[0] and checks nothing; fix in art_ssni/noise/fixed.py: "
-    "check_images(x) first"
-)
 POLICY_RANK = (
     "the SSNI policies compare shapes with the statistics before checking the batch, so a 3-D "
     "input is reported as statistics of another image shape; fix in art_ssni/noise/ssni.py / "
@@ -256,9 +252,10 @@ def _noise_entry(noise: str) -> ImageEntry:
         return lambda x: policy(x, generator=0)
 
     if noise == "fixed":
-        bad = set(IMAGE_CASES) - {"float64"}
+        # one level for any image shape: the purifier, not the policy, checks the shape
+        shapeless = Returns(_levels)
         return ImageEntry(
-            make, lambda call: _levels, xfails=dict.fromkeys(bad, FIXED_CHECKS_NOTHING)
+            make, lambda call: _levels, overrides={"channels": shapeless, "size": shapeless}
         )
     shape = Raises(ValueError, r"image_shape: statistics were computed on \(1, 8, 8\)")
     return ImageEntry(
@@ -593,17 +590,7 @@ OPTION_CASES: dict[str, tuple[dict[str, Any], str]] = {
     "out empty": ({"out": ""}, "out must name a folder"),
     "unknown option": ({"temperature": 2}, r"unknown options \['temperature'\]"),
 }
-HARDWARE = (
-    "fix in art_ssni/hardware.py (pick_device): refuse it as validation.check_device does "
-    "(the models are moved there: the meta device destroys the caller's weights)"
-)
-OPTION_XFAILS = {
-    "device meta": HARDWARE,
-    "device cpu:5": HARDWARE,
-    "noises twice": CONFIG + "duplicate entries give duplicate rows with one key",
-    "attacks twice": CONFIG + "duplicate entries give duplicate rows with one key",
-    "out empty": "fix in art_ssni/pipeline.py (evaluate): out='' writes into the working directory",
-}
+OPTION_XFAILS: dict[str, str] = {}
 
 
 def _option_rows():

@@ -120,3 +120,16 @@ def test_attention_mask_refuses_bad_images_and_non_finite_normalisation(images):
     ]:
         with pytest.raises(ValueError, match=message):
             mask(x)
+
+
+def test_mask_of_a_tta_classifier_reads_the_image_as_given() -> None:
+    from art_ssni.models.compact_cnn import CompactCNN
+
+    torch.manual_seed(0)
+    plain = CompactCNN(widths=[24, 8, 8, 8], stem="whiten").eval()
+    augmented = CompactCNN(**{**plain.config, "tta": "flip_translate"}).eval()
+    augmented.load_state_dict(plain.state_dict())
+    layers = ("net.3.6", "net.4.6", "net.5.6")
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    expected = AttentionMask(plain, layers).saliency(x)
+    assert torch.equal(AttentionMask(augmented, layers).saliency(x), expected)
