@@ -8,6 +8,7 @@ import json
 import pytest
 
 from art_ssni.config import SMOKE, AttackConfig, Overrides, RunConfig, resolve, smoke_step
+from art_ssni.models.zoo import load_zoo_manifest
 from art_ssni.presets import EMBEDDED, get_preset, list_presets
 
 
@@ -89,8 +90,10 @@ def test_switching_method_takes_that_methods_defence():
 
 
 def test_bias_replaces_every_per_policy_bias():
+    chosen = load_zoo_manifest(name="cifar10.json")["ssni"]["chosen"]
     ssni = resolve("cifar10-embedded").ssni
-    assert ssni.bias_for("ssni-l") == -10.0 and ssni.bias_for("ssni-n") == -10.0
+    assert ssni.bias_for("ssni-l") == chosen["bias_ssni_l"]
+    assert ssni.bias_for("ssni-n") == chosen["bias_ssni_n"]
     ssni = resolve("cifar10-embedded", Overrides(bias=2.0)).ssni
     assert ssni.biases == () and ssni.bias_for("ssni-l") == ssni.bias_for("ssni-n") == 2.0
 
