@@ -377,19 +377,6 @@ def _check_own(diffusion: Any, classifier: Any, x: Any, y: Any) -> tuple[Any, An
     return x, y
 
 
-def _check_option_numbers(options: dict[str, Any]) -> None:
-    """Every numeric option is a finite real number (a whole one where the field is an int),
-    never a bool or a string; the ranges are :func:`art_ssni.config.check`'s."""
-    import typing
-
-    from .validation import check_number
-
-    hints = typing.get_type_hints(Overrides)
-    for name, value in options.items():
-        if value is not None and hints.get(name) in (int | None, float | None):
-            check_number(value, name, integer=hints[name] == int | None)
-
-
 def evaluate(
     diffusion: Any, classifier: Any, x: Any, y: Any, *, out: str | os.PathLike, **options: Any
 ) -> dict[str, Any] | None:
@@ -416,7 +403,6 @@ def evaluate(
             check_unique(options[name], name)
     if "seed" in options:
         check_seed(options["seed"])
-    _check_option_numbers(options)
     if options.get("device") is not None:
         check_device(options["device"])
     x, y = _check_own(diffusion, classifier, x, y)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from .hardware import pick_device, pick_dtype, pick_rows
 from .noise.registry import NOISES, get_noise
 from .purification.engine import GRADIENT_MODES
 from .purification.registry import Settings, get_method
-from .validation import check_unique
+from .validation import check_number, check_seed, check_unique
 
 if TYPE_CHECKING:
     from .presets import Preset
@@ -190,6 +191,12 @@ class Overrides:
                 options[name] = tuple(v.strip() for v in value.split(",") if v.strip())
             elif value is not None:
                 options[name] = tuple(value)
+        hints = typing.get_type_hints(cls)
+        for name, value in options.items():
+            if value is not None and hints[name] in (int | None, float | None):
+                check_number(value, name, integer=hints[name] == int | None)
+        if options.get("seed") is not None:
+            check_seed(options["seed"])
         return cls(**options)
 
     def given(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .._rng import RandomSource, SampleStreams, SeedLike, as_generator, as_streams, draw_call_seed
 from ..diffusion.model import DiffusionModel
+from ..io import refuse_html
 from ..validation import as_floating, check_images, check_number
 
 _FORMAT = "art-ssni-reference-stats/1"
@@ -75,6 +76,25 @@ class EPSNorm:
             "schedule": self.diffusion.schedule.describe(),
             "num_levels": self.num_levels,
         }
+
+
+def _check_safetensors_file(path: str) -> None:
+    """Name what a statistics file is when it is not safetensors (before safetensors' own error):
+    empty, an HTML page, a pickle or torch.save file (never unpickled), or other bytes."""
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if not head:
+        raise ValueError(f"{path} is empty (0 bytes): not a statistics file")
+    refuse_html(path, "statistics", "a safetensors statistics file")
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise ValueError(
+            f"{path} is a torch.save or pickle file, not safetensors: statistics files are "
+            "never unpickled; write them with ReferenceStats.save or art-ssni stats"
+        )
+    if len(head) < 9 or head[8:9] != b"{":
+        raise ValueError(f"{path} is not a safetensors file (no safetensors header)")
+    if int.from_bytes(head[:8], "little") + 8 > os.path.getsize(path):
+        raise ValueError(f"{path} is a truncated or corrupt safetensors file")
 
 
 @dataclass(frozen=True)
@@ -186,13 +206,14 @@ class ReferenceStats:
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no reference statistics file at {path}")
+        _check_safetensors_file(path)
         try:
             with safe_open(path, framework="pt") as handle:
                 metadata = handle.metadata() or {}
             tensors = load_file(path)
         except Exception as err:
             raise ValueError(
-                f"{path} is not a readable safetensors statistics file: {err}"
+                f"{path} is a truncated or corrupt safetensors statistics file ({err})"
             ) from err
         if metadata.get("format") != _FORMAT or "norms" not in tensors:
             raise ValueError(f"{path} is not an art-ssni reference statistics file")

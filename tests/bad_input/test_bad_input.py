@@ -552,13 +552,6 @@ NUMBER_XFAILS: dict[str, dict[str, str]] = {
     "METHODS[mani-pure].gamma": dict.fromkeys(
         ("bool", "string"), PURIFIER.format("gamma") + "(a bool or a string is accepted)"
     ),
-    "art_ssni.evaluate.eps": {"bool": CONFIG + "eps=True runs as 1.0"},
-    "art_ssni.evaluate.t_star": dict.fromkeys(
-        ("nan", "inf"), CONFIG + "the method's retarget converts it first (cannot convert)"
-    ),
-    "art_ssni.evaluate.tau": dict.fromkeys(("bool", "string"), CONFIG + "tau is unchecked"),
-    "art_ssni.evaluate.bias": dict.fromkeys(BAD_NUMBERS, CONFIG + "bias is never checked"),
-    "art_ssni.evaluate.seed": {"negative": CONFIG + "a negative seed is taken"},
 }
 
 
@@ -706,10 +699,6 @@ def _stats(path: Path) -> Any:
     return ReferenceStats.load(path)
 
 
-STATS_XFAIL = (
-    "ReferenceStats.load passes safetensors' own error through for a non-safetensors file; "
-    "fix in art_ssni/noise/eps.py (load): name the file and the problem"
-)
 NPZ = {
     "missing": Raises(FileNotFoundError, r"no data at .*missing\.npz"),
     "folder": Raises(ValueError, r"folder\.npz has no class folders"),
@@ -740,8 +729,11 @@ FILE_ENTRIES: dict[str, FileEntry] = {
         overrides={
             "missing": Raises(FileNotFoundError, r"missing\.safetensors"),
             "folder": Raises(FileNotFoundError, r"folder\.safetensors"),
+            "text": Raises(ValueError, r"text\.safetensors is not a safetensors file"),
+            "code": Raises(ValueError, r"code\.safetensors is a torch\.save or pickle file"),
+            # the shared "truncated" file is half of a torch.save archive
+            "truncated": Raises(ValueError, r"truncated\.safetensors is a torch\.save or pickle"),
         },
-        xfails=dict.fromkeys(("empty", "html", "text", "truncated", "code"), STATS_XFAIL),
     ),
 }
 
@@ -853,3 +845,16 @@ def test_every_registered_entry_has_rows():
     assert {f"METHODS[{m}]" for m in METHODS} <= set(IMAGE_ENTRIES)
     assert {f"NOISES[{n}]" for n in NOISES} <= set(IMAGE_ENTRIES)
     assert all(any(k.startswith(f"METHODS[{m}].") for k in NUMBER_ENTRIES) for m in METHODS)
+
+
+def test_a_truncated_statistics_file_is_named(tmp_path) -> None:
+    from art_ssni import ReferenceStats
+
+    whole = tmp_path / "whole.safetensors"
+    ReferenceStats(
+        norms=torch.rand(16) + 1.0, model="m", schedule="s", num_levels=4, image_shape=(1, 8, 8)
+    ).save(whole)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(whole.read_bytes()[:40])
+    with pytest.raises(ValueError, match=r"cut\.safetensors is a truncated or corrupt"):
+        ReferenceStats.load(cut)
