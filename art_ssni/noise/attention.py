@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..validation import check_images
+from ..validation import check_images, check_number
 
 ATTENTION_LAYERS: dict[str, tuple[str, ...]] = {
     "wrn-28-10": ("block1.layer.3.relu2", "block2.layer.3.relu2", "block3.layer.3.relu2", "relu"),
@@ -73,8 +73,7 @@ class AttentionMask:
         missing = [name for name in layers if name not in modules]
         if missing:
             raise ValueError(f"classifier has no module named {missing}")
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+        check_number(threshold, "threshold", low=0.0, high=1.0)
         if top_fraction is not None and not 0.0 < top_fraction <= 1.0:
             raise ValueError(f"top_fraction must lie in (0, 1], got {top_fraction}")
         if (mean is None) != (std is None):

@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from ..validation import check_number
+
 SPECTRAL_MODES = ("shaped", "spatial")
 
 
@@ -45,8 +47,7 @@ class SpectralNoise:
     ) -> None:
         if isinstance(bands, bool) or not isinstance(bands, int) or bands < 1:
             raise ValueError(f"bands must be an integer >= 1, got {bands!r}")
-        if not math.isfinite(gamma) or gamma < 0:
-            raise ValueError(f"gamma must be finite and >= 0, got {gamma}")
+        check_number(gamma, "gamma", low=0.0)
         if mode not in SPECTRAL_MODES:
             raise ValueError(f"mode must be one of {SPECTRAL_MODES}, got {mode!r}")
         if not (math.isfinite(eps0) and eps0 > 0):

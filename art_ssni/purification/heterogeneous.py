@@ -309,6 +309,7 @@ class MANIPure(Purifier):
             )
         elif not callable(spectral):
             raise ValueError(f"spectral must be callable (x, z) -> noise, got {spectral!r}")
+        check_number(surrogate_steps, "surrogate_steps", low=1, integer=True)
         super().__init__(
             diffusion,
             t_star=t_star,

@@ -43,6 +43,7 @@ class DiffPure(Purifier):
         if surrogate_t_star is not None:
             top = diffusion.max_level
             check_number(surrogate_t_star, "surrogate_t_star", low=1, high=top, integer=True)
+        check_number(surrogate_steps, "surrogate_steps", low=1, integer=True)
         super().__init__(
             diffusion,
             t_star=t_star,
@@ -130,6 +131,7 @@ class GDMP(Purifier):
         if clip_denoised is None:
             clip_denoised = sampler != "sde"
         guided = guidance != "none" and guidance_scale != 0
+        check_number(surrogate_steps, "surrogate_steps", low=1, integer=True)
         super().__init__(
             diffusion,
             t_star=t_star,

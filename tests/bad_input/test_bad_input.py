@@ -539,20 +539,7 @@ CONFIG = (
     "fix in art_ssni/config.py (Overrides.from_options or check): check_number on every "
     "numeric field, as art_ssni.cli.evaluate does; "
 )
-NUMBER_XFAILS: dict[str, dict[str, str]] = {
-    **{
-        f"METHODS[{m}].surrogate_steps": dict.fromkeys(
-            BAD_NUMBERS, PURIFIER.format("surrogate_steps") + "(unchecked while not used)"
-        )
-        for m in ("diffpure", "gdmp", "mani-pure")
-    },
-    "METHODS[dac].threshold": dict.fromkeys(
-        ("bool", "string"), PURIFIER.format("threshold") + "(a bool or a string is compared)"
-    ),
-    "METHODS[mani-pure].gamma": dict.fromkeys(
-        ("bool", "string"), PURIFIER.format("gamma") + "(a bool or a string is accepted)"
-    ),
-}
+NUMBER_XFAILS: dict[str, dict[str, str]] = {}
 
 
 def _number_rows():
