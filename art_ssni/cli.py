@@ -337,46 +337,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _as_tensor(value: Any, name: str, *, labels: bool = False) -> Any:
-    """numpy arrays and nested lists as tensors (images float32, labels int64); tensors and
-    other objects unchanged (the checks name what is wrong with them)."""
-    import numpy as np
-
-    if isinstance(value, (np.ndarray, list, tuple)):
-        try:
-            array = np.asarray(value)
-        except ValueError as err:
-            raise ValueError(f"{name} is not a regular array ({err})") from None
-        if labels:
-            if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
-                raise ValueError(f"{name} must hold integer class labels, got dtype {array.dtype}")
-            return torch.as_tensor(array.astype(np.int64))
-        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-            raise ValueError(f"{name} must hold numbers, got dtype {array.dtype}")
-        return torch.as_tensor(np.ascontiguousarray(array))
-    return value
-
-
-def _check_own(diffusion: Any, classifier: Any, x: Any, y: Any) -> tuple[Any, Any]:
-    """The user's models and images checked before any work: x a finite [0, 1] batch of the
-    diffusion model's shape, y one label per image within the classifier's outputs."""
-    from .diffusion.model import DiffusionModel
-    from .validation import check_images, check_labels, classifier_outputs
-
-    if not isinstance(diffusion, DiffusionModel):
-        raise TypeError(
-            f"diffusion must be an art_ssni.DiffusionModel, got {type(diffusion).__name__} "
-            "(wrap your network: DiffusionModel(eps_net, image_shape=(C, H, W)))"
-        )
-    if not isinstance(classifier, torch.nn.Module):
-        raise TypeError(f"classifier must be a torch.nn.Module, got {type(classifier).__name__}")
-    x, y = _as_tensor(x, "x"), _as_tensor(y, "y", labels=True)
-    shape = diffusion.image_shape
-    check_images(x, channels=shape[0] if shape else None, size=tuple(shape[1:]) if shape else None)
-    check_labels(y, int(x.shape[0]), classes=classifier_outputs(classifier, x))
-    return x, y
-
-
 def evaluate(
     diffusion: Any, classifier: Any, x: Any, y: Any, *, out: str | os.PathLike, **options: Any
 ) -> dict[str, Any] | None:
@@ -388,7 +348,7 @@ def evaluate(
     bad value raises ``ValueError`` or ``TypeError`` naming it, never ``SystemExit``."""
     from .evaluation.rundir import check_clearable, check_run_dir
     from .noise.registry import get_noise
-    from .pipeline import prepare, run_evaluation
+    from .pipeline import check_own_inputs, prepare, run_evaluation
     from .validation import check_seed, check_unique
 
     if not str(out).strip():
@@ -405,7 +365,7 @@ def evaluate(
         check_seed(options["seed"])
     if options.get("device") is not None:
         check_device(options["device"])
-    x, y = _check_own(diffusion, classifier, x, y)
+    x, y = check_own_inputs(diffusion, classifier, x, y)
     preset = options.pop("preset", None)
     overwrite = bool(options.pop("overwrite", False))
     if overwrite:

@@ -251,6 +251,45 @@ def run_evaluation(
     return results
 
 
+def as_tensor(value: Any, name: str, *, labels: bool = False) -> Any:
+    """numpy arrays and nested lists as tensors (images float32, labels int64); tensors and
+    other objects unchanged (the checks name what is wrong with them)."""
+    import numpy as np
+
+    if isinstance(value, (np.ndarray, list, tuple)):
+        try:
+            array = np.asarray(value)
+        except ValueError as err:
+            raise ValueError(f"{name} is not a regular array ({err})") from None
+        if labels:
+            if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+                raise ValueError(f"{name} must hold integer class labels, got dtype {array.dtype}")
+            return torch.as_tensor(array.astype(np.int64))
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise ValueError(f"{name} must hold numbers, got dtype {array.dtype}")
+        return torch.as_tensor(np.ascontiguousarray(array))
+    return value
+
+
+def check_own_inputs(diffusion: Any, classifier: Any, x: Any, y: Any) -> tuple[Any, Any]:
+    """The user's models and images checked before any work: x a finite [0, 1] batch of the
+    diffusion model's shape, y one label per image within the classifier's outputs."""
+    from .validation import check_images, check_labels, classifier_outputs
+
+    if not isinstance(diffusion, DiffusionModel):
+        raise TypeError(
+            f"diffusion must be an art_ssni.DiffusionModel, got {type(diffusion).__name__} "
+            "(wrap your network: DiffusionModel(eps_net, image_shape=(C, H, W)))"
+        )
+    if not isinstance(classifier, torch.nn.Module):
+        raise TypeError(f"classifier must be a torch.nn.Module, got {type(classifier).__name__}")
+    x, y = as_tensor(x, "x"), as_tensor(y, "y", labels=True)
+    shape = diffusion.image_shape
+    check_images(x, channels=shape[0] if shape else None, size=tuple(shape[1:]) if shape else None)
+    check_labels(y, int(x.shape[0]), classes=classifier_outputs(classifier, x))
+    return x, y
+
+
 def prepare(
     preset: Preset | str | None = None,
     *,
@@ -283,6 +322,7 @@ def prepare(
         preset = "cifar10-linf"
     preset = get_preset(preset) if isinstance(preset, str) else preset
     if all(own):
+        x, y = check_own_inputs(diffusion, classifier, x, y)
         setup = Setup("user", diffusion, classifier, x, y, stats, mean, std)
     else:
         setup = load_setup(

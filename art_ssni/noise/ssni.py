@@ -12,7 +12,7 @@ import torch
 
 from .._rng import RandomSource
 from ..diffusion.rounding import round_half_up
-from ..validation import check_number
+from ..validation import check_images, check_number
 from .eps import EPSNorm, ReferenceStats
 
 
@@ -40,6 +40,7 @@ class _SSNIPolicy:
 
     def scores(self, x: torch.Tensor, generator: RandomSource = None) -> torch.Tensor:
         """The EPS norms this policy maps to levels."""
+        x = check_images(x)
         if tuple(x.shape[1:]) != tuple(self.stats.image_shape):
             self.stats.check(self.eps_norm, tuple(x.shape[1:]))
         return self.eps_norm(x, generator)

@@ -239,13 +239,6 @@ def _method_entry(method: str) -> ImageEntry:
     return ImageEntry(make, _same_as_float32)
 
 
-POLICY_RANK = (
-    "the SSNI policies compare shapes with the statistics before checking the batch, so a 3-D "
-    "input is reported as statistics of another image shape; fix in art_ssni/noise/ssni.py / "
-    "eps.py: check_images(x) before stats.check"
-)
-
-
 def _noise_entry(noise: str) -> ImageEntry:
     def make(digits, tmp_path):
         policy = _policy(noise, digits)
@@ -262,11 +255,6 @@ def _noise_entry(noise: str) -> ImageEntry:
         make,
         lambda call: _levels,
         overrides={"channels": shape, "size": shape},
-        xfails={
-            "rank": POLICY_RANK,
-            "list": "the SSNI policies call x.shape first (AttributeError); fix in "
-            "art_ssni/noise/eps.py: check_images(x) first",
-        },
     )
 
 
@@ -338,13 +326,6 @@ def _evaluate_entry(kind: str):
     return make
 
 
-PIPELINE = "fix in art_ssni/pipeline.py (prepare): check the user's x and y first "
-PIPELINE_XFAILS = {
-    "rank": PIPELINE + "(reported as 'asked for 2 images but the data holds only 1')",
-    "empty": PIPELINE + "(reported as 'asked for 2 images but the data holds only 0')",
-    "numpy": PIPELINE + "or convert numpy as art_ssni.cli.evaluate does (AttributeError)",
-    "list": PIPELINE + "(AttributeError: 'list' object has no attribute 'shape')",
-}
 EQUAL_RUNS = Returns(_evaluated)
 ATTACK_KINDS = (("PGDEOT", "pgd"), ("RegisteredAttack", "registered"), ("EOTAttack", "eot"))
 # torchattacks takes any model, so the model (the purifier inside) names a wrong shape
@@ -371,7 +352,9 @@ IMAGE_ENTRIES: dict[str, ImageEntry] = {
     "integrations.purified_model": ImageEntry(_purified_entry, _same_as_float32),
     "integrations.benchmark_purified": ImageEntry(_benchmark_entry, lambda call: _accuracies),
     "art_ssni.evaluate": ImageEntry(
-        _evaluate_entry("library"), lambda call: _evaluated, xfails=PIPELINE_XFAILS
+        _evaluate_entry("library"),
+        lambda call: _evaluated,
+        overrides={"numpy": EQUAL_RUNS, "list": EQUAL_RUNS},
     ),
     "art_ssni.cli.evaluate": ImageEntry(
         _evaluate_entry("alias"),
@@ -534,11 +517,6 @@ NUMBER_ENTRIES: dict[str, NumberEntry] = {
 }
 
 
-PURIFIER = "fix in art_ssni/purification/ (the constructor): check_number({}) "
-CONFIG = (
-    "fix in art_ssni/config.py (Overrides.from_options or check): check_number on every "
-    "numeric field, as art_ssni.cli.evaluate does; "
-)
 NUMBER_XFAILS: dict[str, dict[str, str]] = {}
 
 
