@@ -246,7 +246,8 @@ def check_out_dir(path: str | os.PathLike) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".art-ssni-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
+        # O_EXCL: never follow or truncate a file (or link) already at the probe's name
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         probe.unlink()
     except OSError as err:
         raise ValueError(f"cannot write to --out {out}: {err.strerror or err}") from err

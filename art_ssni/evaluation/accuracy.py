@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..models.defended import DefendedClassifier
+from ..validation import check_number
 
 AGGREGATIONS = ("single", "vote", "mean", "worst")
 
@@ -29,8 +30,8 @@ def predict_draws(
     progress: bool = False,
 ) -> torch.Tensor:
     """Predicted labels (draws, N): every draw is a fresh pass through the defence."""
-    if draws < 1:
-        raise ValueError(f"draws must be >= 1, got {draws}")
+    check_number(draws, "draws", low=1, integer=True)
+    check_number(batch_size, "batch_size", low=1, integer=True)
     device = next(model.parameters()).device
     out = torch.empty(draws, x.shape[0], dtype=torch.long)
     for d in tqdm(range(draws), desc="draws", disable=not progress, leave=False):

@@ -116,6 +116,8 @@ class ReferenceStats:
             raise ValueError("reference statistics need a 1-D tensor of at least 2 norms")
         if not bool(torch.isfinite(self.norms).all()):
             raise ValueError("reference norms contain NaN or Inf")
+        if bool((self.norms < 0).any()):
+            raise ValueError("reference norms are norms and cannot be negative")
 
     @property
     def mean(self) -> float:
