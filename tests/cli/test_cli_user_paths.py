@@ -268,12 +268,16 @@ def test_own_classifier_data_and_python_entry_point_match_the_default(tmp_path, 
 
 
 def test_read_only_out_is_refused_before_work(tmp_path, capsys, monkeypatch):
-    from pathlib import Path
+    import os
 
-    def read_only(self, data):
-        raise PermissionError(13, "Permission denied")
+    real_open = os.open
 
-    monkeypatch.setattr(Path, "write_bytes", read_only)
+    def read_only(path, *args, **kwargs):
+        if ".art-ssni-write-test" in os.fspath(path):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
     assert main(["sanity", "--preset", "digits", "--out", str(tmp_path / "ro")]) == 2
     assert "cannot write to --out" in capsys.readouterr().err
 
