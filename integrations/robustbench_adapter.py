@@ -38,6 +38,7 @@ from art_ssni._compat import import_torchvision
 from art_ssni.checkpoints import describe_load_error, read_checkpoint, without_unsafe_advice
 from art_ssni.evaluation.autoattack import autoattack_rand, format_eps
 from art_ssni.io import atomic_write_text, refuse_html
+from art_ssni.leaderboard import ROBUSTBENCH_FIELDS
 from art_ssni.models.classifiers import _as_state_dict, _freeze
 from art_ssni.models.defended import DefendedClassifier
 from art_ssni.validation import check_images, check_labels, check_number
@@ -54,22 +55,7 @@ __all__ = [
     "write_model_info",
 ]
 
-MODEL_INFO_FIELDS = (
-    "link",
-    "name",
-    "authors",
-    "additional_data",
-    "number_forward_passes",
-    "dataset",
-    "venue",
-    "architecture",
-    "eps",
-    "clean_acc",
-    "reported",
-    "autoattack_acc",
-    "unreliable",
-    "footnote",
-)
+MODEL_INFO_FIELDS = ROBUSTBENCH_FIELDS
 DESCRIPTIVE_FIELDS = {
     "link": str,
     "name": str,

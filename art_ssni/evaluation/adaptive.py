@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._rng import SeedLike, as_generator, rand, randn
-from .attacks import _check, per_sample_l2, project
+from .._rng import SeedLike, as_generator
+from .attacks import _check, ascent_direction, per_sample_l2, project, random_in_ball
 from .eot import DEFAULT_MAX_ROWS, BestIterate, best_of_restarts, check_judging, eot_gradient, track
 
 Basis = Callable[[torch.Tensor], torch.Tensor]
@@ -74,21 +74,6 @@ def require(model: nn.Module, need: str, attack: str) -> None:
     test, words = NEEDS[need]
     if not test(model):
         raise ValueError(f"the {attack} attack needs {words}")
-
-
-def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    return grad.sign() if norm == "Linf" else grad / per_sample_l2(grad)
-
-
-def _random_variable(
-    shape: tuple[int, ...], norm: str, eps: float, like: torch.Tensor, generator
-) -> torch.Tensor:
-    draw = {"generator": generator, "device": like.device, "dtype": like.dtype}
-    if norm == "Linf":
-        return (2 * rand(shape, **draw) - 1) * eps
-    direction = randn(shape, **draw)
-    radius = rand((shape[0], *([1] * (len(shape) - 1))), **draw) * eps
-    return direction / per_sample_l2(direction) * radius
 
 
 def _fit(
@@ -181,14 +166,14 @@ def steered_pgd(
     def run(restart: int) -> tuple[torch.Tensor, BestIterate | None]:
         v = torch.zeros(shape, device=x.device, dtype=x.dtype)
         if random_start or restart > 0:
-            v = _random_variable(shape, norm, eps, x, generator)
+            v = random_in_ball(shape, norm, eps, x, generator)
         v, delta = settle(v)
         best = track(None, model, x + delta, y, judge_draws, criterion, **judging)
         desc = f"{name} {norm} restart {restart + 1}/{restarts}"
         for _ in tqdm(range(iterations), desc=desc, disable=not progress, leave=False):
             grad, _ = eot_gradient(model, x + delta, y, eot, max_rows=max_rows)
             grad = _pullback(x, v, grad, basis, penalty, weight)
-            v, delta = settle(v + step * _direction(grad, norm))
+            v, delta = settle(v + step * ascent_direction(grad, norm))
             best = track(best, model, x + delta, y, judge_draws, criterion, **judging)
         if best is None:
             return (x + delta).detach(), None
@@ -263,7 +248,7 @@ def selector_constrained_pgd(
                     break
                 (grad,) = torch.autograd.grad(score.sum(), xg)
             back = torch.where(score > hi, -1.0, 1.0).to(grad.dtype).view(-1, 1, 1, 1)
-            moved = delta[rows] + step * back * _direction(grad, norm)
+            moved = delta[rows] + step * back * ascent_direction(grad, norm)
             keep = out.view(-1, 1, 1, 1)
             fixed = torch.where(keep, project(moved, x0[rows], norm, eps), delta[rows])
             delta = delta.index_copy(0, rows, fixed.detach())

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .._rng import SeedLike, as_generator
 from ..validation import check_images
-from .attacks import NORMS, per_sample_l2, project, random_delta
+from .attacks import NORMS, ascent_direction, project, random_delta
 from .eot import (
     DEFAULT_MAX_ROWS,
     LOSSES,
@@ -56,10 +56,6 @@ def checkpoints(iterations: int) -> list[int]:
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     return sorted({math.ceil(p * iterations - 1e-9) for p in checkpoint_fractions()})
-
-
-def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    return grad.sign() if norm == "Linf" else grad / per_sample_l2(grad)
 
 
 def apgd_eot(
@@ -123,7 +119,7 @@ def apgd_eot(
         for k in tqdm(range(1, iterations + 1), desc=desc, disable=not progress, leave=False):
             if history is not None:
                 history.append(eta.clone())
-            z = x + project(x_k + eta.view(shape) * _direction(g_k, norm) - x, x, norm, eps)
+            z = x + project(x_k + eta.view(shape) * ascent_direction(g_k, norm) - x, x, norm, eps)
             if k == 1:
                 x_new = z
             else:

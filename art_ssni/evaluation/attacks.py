@@ -69,19 +69,29 @@ def _check(x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, step: float,
         raise ValueError(f"y must hold one label per image, got {tuple(y.shape)}")
 
 
+def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """The steepest-ascent step direction of the norm: sign(g) for Linf, g / ||g|| for L2."""
+    return grad.sign() if norm == "Linf" else grad / per_sample_l2(grad)
+
+
+def random_in_ball(
+    shape: tuple[int, ...], norm: str, eps: float, like: torch.Tensor, generator
+) -> torch.Tensor:
+    """A random point of the eps-ball of ``shape`` (on ``like``'s device and dtype): uniform in
+    the Linf box, or a random L2 direction with a uniform radius."""
+    draw = {"generator": generator, "device": like.device, "dtype": like.dtype}
+    if norm == "Linf":
+        return (2 * rand(shape, **draw) - 1) * eps
+    direction = randn(shape, **draw)
+    radius = rand((shape[0], *([1] * (len(shape) - 1))), **draw) * eps
+    return direction / per_sample_l2(direction) * radius
+
+
 def random_delta(
     x: torch.Tensor, norm: str, eps: float, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """A random perturbation inside the ball: uniform in the Linf box, or a random L2
-    direction with a uniform radius, kept in [0, 1]."""
-    draw = {"generator": generator, "device": x.device, "dtype": x.dtype}
-    if norm == "Linf":
-        delta = (2 * rand(x.shape, **draw) - 1) * eps
-    else:
-        direction = randn(x.shape, **draw)
-        radius = rand((x.shape[0], *([1] * (x.dim() - 1))), **draw) * eps
-        delta = direction / per_sample_l2(direction) * radius
-    return project(delta, x, norm, eps)
+    """A random perturbation inside the ball (:func:`random_in_ball`), kept in [0, 1]."""
+    return project(random_in_ball(tuple(x.shape), norm, eps, x, generator), x, norm, eps)
 
 
 def pgd_eot(
@@ -131,11 +141,7 @@ def pgd_eot(
                 xg = (x + delta).detach().requires_grad_(True)
                 (g_eps,) = torch.autograd.grad(selector(xg, generator).sum(), xg)
                 grad = grad / per_sample_l2(grad) - selector_weight * g_eps / per_sample_l2(g_eps)
-            if norm == "Linf":
-                delta = delta + step * grad.sign()
-            else:
-                delta = delta + step * grad / per_sample_l2(grad)
-            delta = project(delta, x, norm, eps)
+            delta = project(delta + step * ascent_direction(grad, norm), x, norm, eps)
             best = track(best, model, x + delta, y, judge_draws, criterion, **judging)
         if best is None:
             return (x + delta).detach(), None
