@@ -21,6 +21,14 @@ def as_generator(seed: SeedLike, device: torch.device | str = "cpu") -> torch.Ge
 
 
 def _draw(fn, shape, generator, device, dtype) -> torch.Tensor:
+    if isinstance(generator, SampleStreams):
+        if len(shape) == 0 or shape[0] != len(generator):
+            raise ValueError(
+                f"a draw of shape {tuple(shape)} from {len(generator)} per-sample streams: "
+                "the first dimension must be the samples"
+            )
+        fill = generator.randn if fn is torch.randn else generator.rand
+        return fill(tuple(shape[1:]), device=device, dtype=dtype)
     if generator is None or generator.device == torch.device(device):
         return fn(shape, generator=generator, device=device, dtype=dtype)
     return fn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
@@ -33,7 +41,8 @@ def randn(
     device: torch.device,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Standard normal draws; a generator on another device draws there and moves the result."""
+    """Standard normal draws; a generator on another device draws there and moves the result.
+    Per-sample streams (:class:`SampleStreams`) draw row b of the result from stream b."""
     return _draw(torch.randn, shape, generator, device, dtype)
 
 
@@ -67,9 +76,12 @@ def stream_seed(call_seed: int, sample: int, copy: int = 0) -> int:
     return seed if copy == 0 else _mix64(seed ^ (copy & _MASK64))
 
 
-def draw_call_seed(generator: torch.Generator | None) -> int:
+def draw_call_seed(generator: torch.Generator | SampleStreams | None) -> int:
     """One call seed from ``generator`` (torch's global RNG for None): successive calls on one
-    generator get different seeds, and the same generator state gives the same seed."""
+    generator get different seeds, and the same generator state gives the same seed. From
+    per-sample streams it is :meth:`SampleStreams.next_seed`, which no sample's draws move."""
+    if isinstance(generator, SampleStreams):
+        return generator.next_seed()
     device = generator.device if generator is not None else "cpu"
     return int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
 
@@ -128,21 +140,37 @@ class SampleStreams:
             torch.Generator(device=self.device).manual_seed(stream_seed(self.call_seed, i, c))
             for i, c in self.keys.tolist()
         ]
+        self._seeds_taken = 0
 
     @classmethod
     def for_call(
-        cls, generator: SeedLike, batch: int, sample_ids: object | None = None
+        cls, generator: RandomSource, batch: int, sample_ids: object | None = None
     ) -> SampleStreams:
         """The streams of one call on ``batch`` samples: one call seed drawn from ``generator``
         (a seed, a generator or None: torch's global RNG), keys from ``sample_ids`` or the
-        positions 0..B-1. The streams live on the generator's device (the CPU for a seed)."""
-        generator = as_generator(generator)
+        positions 0..B-1. The streams live on the generator's device (the CPU for a seed).
+        ``generator`` may itself be per-sample streams: the call seed is then their next seed."""
+        if not isinstance(generator, SampleStreams):
+            generator = as_generator(generator)
         keys = torch.arange(batch) if sample_ids is None else check_sample_ids(sample_ids, batch)
         device = generator.device if generator is not None else torch.device("cpu")
         return cls(draw_call_seed(generator), keys, device=device)
 
     def __len__(self) -> int:
         return len(self._streams)
+
+    def next_seed(self) -> int:
+        """A fresh seed below 2**62 for a call made on behalf of all the samples (a defence's
+        EPS measure, an ensemble member): the k-th is a function of the call seed and k
+        only, so it is the same whatever the batch holds."""
+        self._seeds_taken += 1
+        return _mix64(_mix64(self.call_seed & _MASK64) ^ _mix64(self._seeds_taken)) >> 2
+
+    def subset(self, rows: torch.Tensor, call_seed: int) -> SampleStreams:
+        """Fresh streams for the samples ``rows`` (indices into this call's samples), under
+        ``call_seed`` and keyed as here: a sample keeps its key when a call sends a subset."""
+        rows = torch.as_tensor(rows, dtype=torch.long).cpu()
+        return SampleStreams(call_seed, self.keys[rows], device=self.device)
 
     def __repr__(self) -> str:
         return f"SampleStreams(call_seed={self.call_seed}, samples={len(self)})"
@@ -191,3 +219,20 @@ def as_streams(source: RandomSource, batch: int) -> SampleStreams:
             raise ValueError(f"the call has {batch} samples but {len(source)} random streams")
         return source
     return SampleStreams.for_call(source, batch)
+
+
+def as_source(source: RandomSource, device: torch.device | str = "cpu") -> RandomSource:
+    """What an attack draws from: per-sample streams as they are (row b of every draw comes
+    from stream b), anything else as :func:`as_generator` makes it."""
+    if isinstance(source, SampleStreams):
+        return source
+    return as_generator(source, device)
+
+
+def int_seed(source: torch.Generator | SampleStreams | None) -> int:
+    """One seed below 2**31 - 1 drawn from ``source`` (a generator, per-sample streams, or None
+    for torch's global RNG), for a call that takes an integer seed."""
+    if isinstance(source, SampleStreams):
+        return source.next_seed() % (2**31 - 1)
+    place = source.device if source is not None else "cpu"
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=source, device=place))

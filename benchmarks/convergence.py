@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from art_ssni.evaluation.accuracy import aggregate, intervals
-from art_ssni.evaluation.runner import Row, evaluate_batch, unit_seed
+from art_ssni.evaluation.runner import Row, evaluate_batch, row_seed
 from art_ssni.evaluation.sanity import settled
 from art_ssni.io import atomic_write_text
 from art_ssni.pipeline import build_defence, place, prepare
@@ -64,12 +64,13 @@ def robust_accuracy(
     row: Row, x: torch.Tensor, y: torch.Tensor, *, draws: int, seed: int, batch_size: int
 ) -> Point:
     """The row's robust accuracy over its batches, as the evaluation's runner measures it
-    (the same unit seeds for every budget, so points differ only by the budget)."""
+    (the same seed and sample ids for every budget, so points differ only by the budget)."""
     predictions, seconds = [], 0.0
-    for b, start in enumerate(range(0, x.shape[0], batch_size)):
+    for start in range(0, x.shape[0], batch_size):
         part = slice(start, start + batch_size)
+        ids = torch.arange(start, min(start + batch_size, x.shape[0]))
         record = evaluate_batch(
-            row, x[part], y[part], seed=unit_seed(seed, "convergence", b), draws=draws
+            row, x[part], y[part], seed=row_seed(seed, "convergence"), draws=draws, ids=ids
         )
         predictions.append(record["preds_adv"])
         seconds += record["seconds"]

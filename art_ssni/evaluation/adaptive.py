@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._rng import SeedLike, as_generator
+from .._rng import RandomSource, as_source, int_seed
 from .attacks import _check, ascent_direction, per_sample_l2, project, random_in_ball
 from .eot import DEFAULT_MAX_ROWS, BestIterate, best_of_restarts, check_judging, eot_gradient, track
 
@@ -133,7 +133,7 @@ def steered_pgd(
     judge_draws: int = 0,
     criterion: str = "worst",
     max_rows: int = DEFAULT_MAX_ROWS,
-    generator: SeedLike = None,
+    generator: RandomSource = None,
     basis: Basis | None = None,
     shape: tuple[int, ...] | None = None,
     penalty: Penalty | None = None,
@@ -151,7 +151,7 @@ def steered_pgd(
         raise ValueError("a correction acts on delta itself: it needs the identity basis")
     if basis is not None and shape is None:
         raise ValueError("a basis needs the shape of the variable it maps to a perturbation")
-    generator = as_generator(generator, x.device)
+    generator = as_source(generator, x.device)
     x = x.detach()
     shape = tuple(x.shape) if basis is None else tuple(shape)
     judging = {"max_rows": max_rows}
@@ -216,7 +216,7 @@ def selector_constrained_pgd(
     *,
     quantile: float = 0.5,
     corrections: int = 3,
-    generator: SeedLike = None,
+    generator: RandomSource = None,
     **kwargs,
 ) -> torch.Tensor:
     """PGD-EOT that keeps the input's EPS norm in the clean band [reference min, reference
@@ -232,9 +232,8 @@ def selector_constrained_pgd(
     if not 0 < quantile <= 1:
         raise ValueError(f"quantile must lie in (0, 1], got {quantile!r}")
     _count(corrections, "corrections", 0)
-    generator = as_generator(generator, x.device)
-    place = generator.device if generator is not None else "cpu"
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=place))
+    generator = as_source(generator, x.device)
+    seed = int_seed(generator)
     lo, hi = reference_band(model, quantile)
 
     def correct(x0: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

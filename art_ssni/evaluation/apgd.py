@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._rng import SeedLike, as_generator
+from .._rng import RandomSource, as_source
 from ..validation import check_images
 from .attacks import NORMS, ascent_direction, project, random_delta
 from .eot import (
@@ -71,7 +71,7 @@ def apgd_eot(
     loss: str = "ce",
     judge_draws: int = 0,
     criterion: str = "worst",
-    generator: SeedLike = None,
+    generator: RandomSource = None,
     max_rows: int = DEFAULT_MAX_ROWS,
     rho: float = RHO,
     history: list[torch.Tensor] | None = None,
@@ -97,7 +97,7 @@ def apgd_eot(
     if y.shape != (x.shape[0],):
         raise ValueError(f"y must hold one label per image, got {tuple(y.shape)}")
     check_judging(judge_draws, criterion)
-    generator = as_generator(generator, x.device)
+    generator = as_source(generator, x.device)
     x = x.detach()
     marks = checkpoints(iterations)
     shape = (-1, *([1] * (x.dim() - 1)))

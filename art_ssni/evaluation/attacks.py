@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._rng import SeedLike, as_generator, rand, randn
+from .._rng import RandomSource, as_source, rand, randn
 from ..validation import check_images
 from .eot import DEFAULT_MAX_ROWS, BestIterate, best_of_restarts, check_judging, eot_gradient, track
 
@@ -87,10 +87,9 @@ def random_in_ball(
     return direction / per_sample_l2(direction) * radius
 
 
-def random_delta(
-    x: torch.Tensor, norm: str, eps: float, generator: torch.Generator | None
-) -> torch.Tensor:
-    """A random perturbation inside the ball (:func:`random_in_ball`), kept in [0, 1]."""
+def random_delta(x: torch.Tensor, norm: str, eps: float, generator: RandomSource) -> torch.Tensor:
+    """A random perturbation inside the ball (:func:`random_in_ball`), kept in [0, 1]; from
+    per-sample streams, sample b's start is drawn from stream b."""
     return project(random_in_ball(tuple(x.shape), norm, eps, x, generator), x, norm, eps)
 
 
@@ -110,7 +109,7 @@ def pgd_eot(
     criterion: str = "worst",
     selector_weight: float = 0.0,
     max_rows: int = DEFAULT_MAX_ROWS,
-    generator: SeedLike = None,
+    generator: RandomSource = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """Adversarial examples by PGD+EOT (paper defaults: 200 steps of 0.007, 20 draws).
@@ -124,7 +123,7 @@ def pgd_eot(
     """
     _check(x, y, norm, eps, step, iterations)
     check_judging(judge_draws, criterion)
-    generator = as_generator(generator, x.device)
+    generator = as_source(generator, x.device)
     x = x.detach()
     selector = _selector(model) if selector_weight else None
     judging = {"max_rows": max_rows}

@@ -21,13 +21,14 @@ candidate was kept, and on which images each attack ran (:func:`summarise` count
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._rng import SeedLike, as_generator
+from .._rng import RandomSource, SampleStreams, as_source, int_seed
 from ..validation import check_images
 from .accuracy import majority_vote
 from .eot import DEFAULT_MAX_ROWS, draw_logits
@@ -118,13 +119,20 @@ def _check(x: torch.Tensor, y: torch.Tensor, draws: int, members: Sequence[Membe
         raise ValueError(f"the ensemble names an attack twice: {names}")
 
 
+def _subset(model: nn.Module, rows: torch.Tensor) -> AbstractContextManager:
+    """Name the samples ``rows`` of a defence whose samples are named (a no-op otherwise), so
+    that a member run on the survivors keys its draws by their ids, not their positions."""
+    ids = getattr(model, "sample_ids", None)
+    return model.samples(ids[rows.cpu()]) if ids is not None else nullcontext()
+
+
 def ensemble(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     attacks: Sequence[str | Member] | None = None,
     *,
-    generator: SeedLike = None,
+    generator: RandomSource = None,
     draws: int = 10,
     max_rows: int = DEFAULT_MAX_ROWS,
     breakdown: dict[str, Any] | None = None,
@@ -153,9 +161,12 @@ def ensemble(
         why = spec.refusal(model)
         if why is not None:
             raise ValueError(f"ensemble member {m.name!r} cannot attack this defence: {why}")
-    stream = as_generator(generator)
-    place = stream.device if stream is not None else "cpu"
-    seeds = torch.randint(0, 2**31 - 1, (len(chosen),), generator=stream, device=place).cpu()
+    stream = as_source(generator)
+    if isinstance(stream, SampleStreams):
+        seeds = torch.tensor([int_seed(stream) for _ in chosen])
+    else:
+        place = stream.device if stream is not None else "cpu"
+        seeds = torch.randint(0, 2**31 - 1, (len(chosen),), generator=stream, device=place).cpu()
     x, y = x.detach(), y.to(x.device)
     n, device = x.shape[0], x.device
     best = x.clone()
@@ -170,8 +181,12 @@ def ensemble(
         kwargs = {**_budget_for(spec.takes, spec.in_loop, budget), **dict(m.options)}
         if "max_rows" in spec.takes:
             kwargs["max_rows"] = max_rows
-        candidate = spec.run(model, x[alive], y[alive], generator=int(seeds[k]), **kwargs)
-        predictions = draw_logits(model, candidate, draws, max_rows=max_rows).argmax(1)
+        source = int(seeds[k])
+        if isinstance(stream, SampleStreams):
+            source = stream.subset(alive, source)
+        with _subset(model, alive):
+            candidate = spec.run(model, x[alive], y[alive], generator=source, **kwargs)
+            predictions = draw_logits(model, candidate, draws, max_rows=max_rows).argmax(1)
         predictions = predictions.view(draws, alive.numel())
         correct = (predictions == y[alive]).sum(0)
         broken = majority_vote(predictions) != y[alive]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._rng import RandomSource, as_source, int_seed
 from .adaptive import (
     NEEDS,
     dac_mask_pgd,
@@ -37,7 +38,7 @@ def autoattack(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    generator: int,
+    generator: RandomSource,
     norm: str,
     eps: float,
     iterations: int,
@@ -48,7 +49,7 @@ def autoattack(
 
     x_adv, _ = autoattack_rand(
         model, x, y, norm=norm, eps=eps, eot_iter=eot, n_iter=iterations, judge_draws=1,
-        seed=generator,
+        seed=generator if isinstance(generator, int) else int_seed(as_source(generator)),
     )  # fmt: skip
     return x_adv
 

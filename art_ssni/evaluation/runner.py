@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._rng import RandomSource, SampleStreams
 from ..io import atomic_torch_save, atomic_write_bytes
 from ..models.defended import DefendedClassifier
 from .accuracy import aggregate, intervals, predict_with_levels
@@ -56,9 +57,11 @@ class Row:
             raise ValueError(f"row key must be file-safe, got {self.key!r}")
 
 
-def unit_seed(seed: int, key: str, batch: int) -> int:
-    """The seed of one (row, batch) unit: independent of rank, order and resumption."""
-    return zlib.crc32(f"{seed}:{key}:{batch}".encode()) & 0x7FFFFFFF
+def row_seed(seed: int, key: str) -> int:
+    """The seed of one row, shared by all its batches: each sample's draws are keyed by its
+    index in the evaluated images, so no number depends on the batch size, the rank, the order
+    or a resumption."""
+    return zlib.crc32(f"{seed}:{key}".encode()) & 0x7FFFFFFF
 
 
 def _defence(model: nn.Module) -> DefendedClassifier | None:
@@ -79,16 +82,39 @@ def evaluate_batch(
     *,
     seed: int,
     draws: int,
+    ids: torch.Tensor | None = None,
     save_adversarial: bool = False,
 ) -> dict[str, Any]:
     """Attack one batch, then judge clean and adversarial inputs over ``draws`` passes,
-    recording the levels each judging pass used."""
+    recording the levels each judging pass used. ``ids`` (the samples' indices in the
+    evaluated images) key every random draw, the defence's and the attack's, so a sample's
+    numbers do not depend on the batch it is in; without them draws are keyed by position."""
     model = row.model
     defence = _defence(model)
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     if defence is not None:
         defence.reseed(seed)
+    settings = {"seed": seed, "draws": draws, "save_adversarial": save_adversarial}
+    if ids is None:
+        return _evaluate(row, x, y, **settings)
+    source = SampleStreams.for_call(seed + 1, x.shape[0], ids)
+    with named_samples(model, ids):
+        return _evaluate(row, x, y, attack_source=source, **settings)
+
+
+def _evaluate(
+    row: Row,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    seed: int,
+    draws: int,
+    save_adversarial: bool,
+    attack_source: RandomSource = None,
+) -> dict[str, Any]:
+    model = row.model
+    defence = _defence(model)
     start = time.perf_counter()
     breakdown: dict[str, Any] = {}
     if row.attack == "none":
@@ -96,7 +122,8 @@ def evaluate_batch(
     else:
         spec = ATTACKS[row.attack]
         own = {"draws": draws, "breakdown": breakdown} if spec.breakdown else {}
-        x_adv = spec.run(model, x, y, generator=seed + 1, **row.attack_kwargs, **own)
+        source = seed + 1 if attack_source is None else attack_source
+        x_adv = spec.run(model, x, y, generator=source, **row.attack_kwargs, **own)
     preds_clean, levels_clean = predict_with_levels(model, x, draws)
     preds_adv, levels_adv = predict_with_levels(model, x_adv, draws)
     record: dict[str, Any] = {
@@ -310,16 +337,15 @@ class Evaluation:
         for row, b in todo:
             bar.set_postfix_str(f"{row.key} batch {b}")
             part = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            ids = torch.arange(size(b)) + b * self.batch_size
-            with named_samples(row.model, ids):
-                record = evaluate_batch(
-                    row,
-                    x[part],
-                    y[part],
-                    seed=unit_seed(self.seed, row.key, b),
-                    draws=self.draws,
-                    save_adversarial=self.save_adversarial,
-                )
+            record = evaluate_batch(
+                row,
+                x[part],
+                y[part],
+                seed=row_seed(self.seed, row.key),
+                draws=self.draws,
+                ids=torch.arange(size(b)) + b * self.batch_size,
+                save_adversarial=self.save_adversarial,
+            )
             record["meta"] = self.unit_meta(row.key, b, size(b))
             atomic_torch_save(record, self.part_path(row.key, b))
             bar.update(size(b))

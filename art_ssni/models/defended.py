@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._rng import SampleStreams, SeedLike, check_sample_ids, tiled_keys
+from .._rng import SampleStreams, SeedLike, check_sample_ids, draw_call_seed, tiled_keys
 from ..purification import GRADIENT_MODES
 from ..validation import as_floating, check_images
 
@@ -67,6 +67,7 @@ class DefendedClassifier(nn.Module):
         self._recording: list[torch.Tensor] | None = None
         self._samples: torch.Tensor | None = None
         self._rows_sent = 0
+        self._block_seed: int | None = None
         for param in self.parameters():
             param.requires_grad_(False)
         self.train(False)
@@ -117,18 +118,22 @@ class DefendedClassifier(nn.Module):
         set) for the calls inside the block: the rows those calls send, counted in order across
         calls, are the batch tiled (``x.repeat(draws, 1, 1, 1)``, split in chunks of any size),
         so row p is sample ids[p % N], copy p // N (:func:`~art_ssni._rng.tiled_keys`), and
-        each row draws from the stream of that key. An attack that tiles a batch for EOT draws
-        therefore gives every copy its own stream; one that sends other rows (a subset) gets
-        valid but differently keyed streams. :meth:`levels` and :meth:`scores` map their rows as
-        one tiled pass, without counting."""
+        each row draws from the stream of that key under one seed the block draws from the
+        defence's generator on entry. Sample i's k-th row is therefore the same draw whatever
+        the batch size, the other samples and the chunking of the calls. An attack that sends
+        a subset names it in a block of its own (``samples(sample_ids[subset])``, which draws
+        its own seed). :meth:`levels` and :meth:`scores` map their rows as one tiled pass,
+        without counting."""
         if torch.as_tensor(ids).dim() != 1:
             raise ValueError("samples() takes plain (N,) ids; the copies are counted here")
-        previous = self._samples, self._rows_sent
+        previous = self._samples, self._rows_sent, self._block_seed
         self._samples, self._rows_sent = check_sample_ids(ids, len(ids))[:, 0], 0
+        if self.purifier is not None:
+            self._block_seed = draw_call_seed(getattr(self.purifier, "generator", None))
         try:
             yield
         finally:
-            self._samples, self._rows_sent = previous
+            self._samples, self._rows_sent, self._block_seed = previous
 
     @property
     def sample_ids(self) -> torch.Tensor | None:
@@ -228,7 +233,13 @@ class DefendedClassifier(nn.Module):
             return x
         z = self._to_purify_size(x)
         keys = self._keys(x.shape[0], sample_ids, count=True)
-        named = {} if keys is None else {"sample_ids": keys}
+        if keys is None:
+            named = {}
+        elif sample_ids is None:
+            device = getattr(getattr(self.purifier, "generator", None), "device", "cpu")
+            named = {"generator": SampleStreams(self._block_seed, keys, device=device)}
+        else:
+            named = {"sample_ids": keys}
         if self._recording is None:
             out = self.purifier(z, **named)
         else:

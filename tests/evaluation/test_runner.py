@@ -7,7 +7,7 @@ import torch
 
 from art_ssni import DiffPure
 from art_ssni.evaluation.results import ROW_FIELDS, make_row
-from art_ssni.evaluation.runner import Evaluation, Row, evaluate_batch, unit_seed
+from art_ssni.evaluation.runner import Evaluation, Row, evaluate_batch, row_seed
 from art_ssni.models.defended import DefendedClassifier
 
 from tiny import TinyClassifier
@@ -91,9 +91,9 @@ def test_differences_name_the_changed_paths():
     assert differences(old, old) == [] and differences(1, 2) == ["the whole record"]
 
 
-def test_unit_seeds_are_stable_and_distinct():
-    assert unit_seed(0, "a", 1) == unit_seed(0, "a", 1)
-    assert len({unit_seed(0, k, b) for k in "ab" for b in range(50)}) == 100
+def test_row_seeds_are_stable_and_distinct():
+    assert row_seed(0, "a") == row_seed(0, "a")
+    assert len({row_seed(s, k) for k in "abc" for s in range(50)}) == 150
 
 
 def test_rows_record_the_attack_its_judging_and_the_final_judging(tmp_path, diffusion):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from art_ssni import DiffPure, EPSNorm, SSNISigmoid
-from art_ssni._rng import SampleStreams
+from art_ssni._rng import SampleStreams, draw_call_seed
 from art_ssni.evaluation.attacks import pgd_eot
 from art_ssni.models.defended import DefendedClassifier
 
@@ -192,22 +192,23 @@ def test_integer_images_are_refused_with_value_error(diffusion):
 
 def test_named_samples_follow_a_tiled_batch_across_chunks(diffusion, images):
     """Inside ``samples(ids)`` the rows of calls are the batch tiled, whatever the chunking:
-    row p of the tiled rows draws from the stream of (ids[p % N], p // N), exactly as the
-    purifier called with those keys and the same generator state does."""
+    row p of the tiled rows draws from the stream of (ids[p % N], p // N) under the one seed
+    the block drew from the defence's generator on entry, so any chunking gives the same
+    rows, and they are what the purifier gives for those keys and that seed."""
     model = defended(diffusion)
     ids = torch.tensor([50, 51, 52])
     rows = images[:3].repeat(3, 1, 1, 1)  # draw d of sample i is row 3 d + i
-    model.reseed(6)
-    with torch.no_grad(), model.samples(ids):
-        chunked = torch.cat([model.purify(chunk) for chunk in torch.split(rows, 4)])
-    reference, generator = [], torch.Generator().manual_seed(6)
+    chunkings = []
+    for size in (4, 2, 9):
+        model.reseed(6)
+        with torch.no_grad(), model.samples(ids):
+            chunkings.append(torch.cat([model.purify(chunk) for chunk in torch.split(rows, size)]))
+    block_seed = draw_call_seed(torch.Generator().manual_seed(6))
+    keys = torch.tensor([[int(ids[p % 3]), p // 3] for p in range(9)])
     with torch.no_grad():
-        for start, chunk in zip(range(0, 9, 4), torch.split(rows, 4)):
-            keys = torch.tensor(
-                [[int(ids[p % 3]), p // 3] for p in range(start, start + len(chunk))]
-            )
-            reference.append(model.purifier(chunk, generator, sample_ids=keys))
-    torch.testing.assert_close(chunked, torch.cat(reference), rtol=0, atol=0)
+        reference = model.purifier(rows, SampleStreams(block_seed, keys))
+    for chunked in chunkings:
+        torch.testing.assert_close(chunked, reference, rtol=0, atol=1e-6)
 
 
 def test_copies_of_a_sample_draw_apart_and_copy_zero_is_the_sample(diffusion, images):
