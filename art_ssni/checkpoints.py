@@ -94,3 +94,20 @@ def read_checkpoint(
             f"could not read {what} {path} ({size} bytes) with torch.load(weights_only=True): "
             f"{describe_load_error(err)}"
         ) from err
+
+
+def check_finite_weights(model: torch.nn.Module, what: str, path: object) -> torch.nn.Module:
+    """``model`` itself when every floating parameter and buffer is finite; a ValueError
+    naming ``what``, ``path`` and the first bad tensor otherwise (NaN or inf weights make
+    every output NaN, or a purifier silently useless)."""
+    bad = [
+        name
+        for name, tensor in (*model.named_parameters(), *model.named_buffers())
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        raise ValueError(
+            f"{what} {path} holds non-finite weights (NaN or inf) in {len(bad)} tensor(s), "
+            f"first {bad[0]!r}: the file is corrupt or its training diverged"
+        )
+    return model

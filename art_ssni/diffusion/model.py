@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoints import check_finite_weights
 from .acceleration import (
     REDUCED_DTYPES,
     CUDAGraphCalls,
@@ -422,6 +423,7 @@ def _load_diffusers_unet(unet_cls, source, schedule):
         raise ValueError(
             f"could not load a diffusers UNet2DModel from {where} {source}: {err}"
         ) from err
+    check_finite_weights(unet, "diffusers UNet", source)
     if schedule is not None:
         return unet, schedule
     config = None

@@ -1,11 +1,12 @@
 """Batch-by-batch evaluation that survives interruption and shards across processes.
 
-Every (row, batch) pair is one unit of work with its own seed, derived from the run seed,
-the row and the batch index alone, so the result does not depend on which process ran it or
-whether the run was resumed. A finished unit is written atomically to
-``out_dir/parts/<row>/batch_<k>.pt``; a restarted run (even after kill -9) skips the units
-whose files exist. Under ``torchrun`` each rank takes the batches k with k % world == rank,
-and rank 0 merges the parts once all ranks are done.
+Every (row, batch) pair is one unit of work. Its draws come from the row's seed and each
+sample's index in the evaluated images alone, so the result depends neither on the batch
+size nor on which process ran it or whether the run was resumed. A finished unit is written
+atomically, sealed with a digest of its results, to ``out_dir/parts/<row>/batch_<k>.pt``; a
+restarted run (even after kill -9) skips the units whose files exist and are intact. Under
+``torchrun`` the units are dealt out in turn (unit i to rank i % world), so every rank works
+even when there is one batch, and rank 0 merges the parts once all ranks are done.
 """
 
 from __future__ import annotations
@@ -327,7 +328,8 @@ class Evaluation:
         def size(b: int) -> int:
             return min(self.batch_size, x.shape[0] - b * self.batch_size)
 
-        units = [(row, b) for row in rows for b in range(n_batches) if b % self.world == self.rank]
+        every = [(row, b) for row in rows for b in range(n_batches)]
+        units = every[self.rank :: self.world]
         todo = [(row, b) for row, b in units if self.load_unit(row.key, b, size(b)) is None]
         done = sum(size(b) for _, b in units) - sum(size(b) for _, b in todo)
         own = bar is None
@@ -346,7 +348,7 @@ class Evaluation:
                 ids=torch.arange(size(b)) + b * self.batch_size,
                 save_adversarial=self.save_adversarial,
             )
-            record["meta"] = self.unit_meta(row.key, b, size(b))
+            record["meta"] = {**self.unit_meta(row.key, b, size(b)), "seal": seal(record)}
             atomic_torch_save(record, self.part_path(row.key, b))
             bar.update(size(b))
         if own:
@@ -400,7 +402,36 @@ def _unit_problem(record: Any, meta: dict[str, Any], draws: int) -> str | None:
         if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
             got = tuple(value.shape) if isinstance(value, torch.Tensor) else value
             return f"holds {name} of shape {got}, expected {shape}"
+    if found.get("seal") != seal(record):
+        return "was changed after the run wrote it (its contents do not match their seal)"
     return None
+
+
+def seal(record: dict[str, Any]) -> str:
+    """SHA-256 of a unit's results (everything but ``meta``: tensors by dtype, shape and
+    bytes, other values as JSON), written into its ``meta`` so that a unit edited after the
+    run wrote it is recomputed rather than merged."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().contiguous()
+            digest.update(f"tensor {value.dtype} {tuple(value.shape)}:".encode())
+            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            digest.update(f"dict {len(value)}:".encode())
+            for key in sorted(value, key=str):
+                digest.update(f"{key!s}=".encode())
+                feed(value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"list {len(value)}:".encode())
+            for item in value:
+                feed(item)
+        else:
+            digest.update(json.dumps(value, default=str).encode())
+
+    feed({k: v for k, v in record.items() if k != "meta"})
+    return digest.hexdigest()
 
 
 def barrier(world: int) -> None:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._compat import import_torchvision
-from ..checkpoints import read_checkpoint
+from ..checkpoints import check_finite_weights, read_checkpoint
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -144,6 +144,7 @@ def _load_exact(
             + "; ".join(parts)
         )
     model.load_state_dict(state_dict, strict=False)
+    check_finite_weights(model, what, path)
 
 
 def _freeze(model: nn.Module) -> nn.Module:

@@ -27,6 +27,8 @@ from art_ssni.diffusion.networks.small_unet import SmallUNet
 from art_ssni.models.compact_cnn import CompactCNN
 from art_ssni.models.small_cnn import SmallCNN
 
+from ..checkpoints import check_finite_weights
+
 __all__ = [
     "CIFAR10_FILES",
     "ZOO_JSON",
@@ -119,6 +121,7 @@ def _load(key: str, cls: type[_M], root: str | Path | None, name: str = ZOO_JSON
         k: v.float() if v.is_floating_point() else v for k, v in _read_verified(base, entry).items()
     }
     model.load_state_dict(state, strict=True)
+    check_finite_weights(model, f"zoo entry {key!r}", base / entry["file"])
     _freeze(model)
     return model
 

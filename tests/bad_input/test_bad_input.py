@@ -16,8 +16,10 @@ entry points; broken files through the loaders; and the command line.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -715,6 +717,61 @@ def test_files(entry_name, case, tmp_path):
     entry = FILE_ENTRIES[entry_name]
     path = _write(case, tmp_path, entry.suffix)
     _run(lambda: entry.load(path), {**FILE_ERRORS, **entry.overrides}[case])
+
+
+def _nan_diffusers_folder(folder: Path) -> Path:
+    from art_ssni._compat import import_torchvision
+
+    import_torchvision()
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                       block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2,
+                       up_block_types=("UpBlock2D",) * 2, norm_num_groups=4)  # fmt: skip
+    with torch.no_grad():
+        unet.conv_in.weight[0, 0, 0, 0] = float("nan")
+    unet.save_pretrained(folder / "unet")
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(folder / "scheduler")
+    return folder
+
+
+def _nan_zoo(folder: Path) -> Path:
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(zoo_root(), folder)
+    manifest = json.loads((folder / "zoo.json").read_text())
+    entry = manifest["classifier"]
+    weights = load_file(folder / entry["file"])
+    first = sorted(k for k, v in weights.items() if v.is_floating_point())[0]
+    weights[first] = torch.full_like(weights[first], float("inf"))
+    save_file(weights, folder / entry["file"])
+    entry["sha256"] = hashlib.sha256((folder / entry["file"]).read_bytes()).hexdigest()
+    (folder / "zoo.json").write_text(json.dumps(manifest))
+    return folder
+
+
+NON_FINITE_LOADERS = {
+    "DiffusionModel.from_diffusers": (
+        lambda tmp: DiffusionModel.from_diffusers(_nan_diffusers_folder(tmp / "ddpm")),
+        r"diffusers UNet .*ddpm holds non-finite weights \(NaN or inf\) in 1 tensor\(s\), "
+        r"first 'conv_in.weight'",
+    ),
+    "models.zoo.load_embedded_classifier": (
+        lambda tmp: load_embedded_classifier(_nan_zoo(tmp / "zoo")),
+        r"zoo entry 'classifier' .*holds non-finite weights",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NON_FINITE_LOADERS))
+def test_loaders_refuse_non_finite_weights(name, tmp_path):
+    """A checkpoint with a NaN or inf weight is refused at load, naming the file and the
+    tensor, before it can make every output NaN or a purifier useless."""
+    load, message = NON_FINITE_LOADERS[name]
+    with pytest.raises(ValueError, match=message):
+        load(tmp_path)
 
 
 def _no_network(monkeypatch) -> None:

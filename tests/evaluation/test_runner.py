@@ -253,3 +253,35 @@ def test_a_unit_missing_a_sample_is_recomputed(tmp_path):
     with pytest.warns(UserWarning, match="holds y of shape"):
         merged = evaluation.run([_row()], x, y)
     assert merged[0]["n"] == 6
+
+
+def test_an_edited_unit_with_valid_metadata_is_recomputed_not_merged(tmp_path):
+    """A unit whose predictions were changed after the run wrote it (its row, batch, size and
+    configuration still right) fails its seal: the run recomputes it and reports the truth."""
+    x, y = _xy()
+    evaluation = _evaluation(tmp_path)
+    (expected,) = evaluation.run([_row()], x, y)
+    path = evaluation.part_path("none-pgd", 0)
+    record = torch.load(path, weights_only=True)
+    record["preds_adv"] = record["y"].expand_as(record["preds_adv"]).clone()  # all "correct"
+    torch.save(record, path)
+    with pytest.warns(UserWarning, match=r"recomputing .*changed after the run wrote it"):
+        (resumed,) = evaluation.run([_row()], x, y)
+    assert resumed["robust"] == expected["robust"]
+    assert (
+        torch.equal(torch.load(path, weights_only=True)["preds_adv"], record["preds_adv"]) is False
+    )
+
+
+def test_every_rank_works_when_there_is_one_batch(tmp_path, diffusion):
+    """Units are dealt out in turn: with two rows of one batch each, rank 1 evaluates the
+    second row instead of idling, and rank 0 merges both."""
+    x, y = _data()
+    common = {"batch_size": 10, "draws": 2, "seed": 1, "world": 2, "progress": False}
+    rank1 = Evaluation(tmp_path, {}, rank=1, **common)
+    assert rank1.run(_rows(diffusion), x, y) is None
+    assert not rank1.part_path("none-pgd", 0).exists()
+    assert rank1.part_path("diffpure-fixed", 0).exists()
+    merged = Evaluation(tmp_path, {}, rank=0, **common).run(_rows(diffusion), x, y)
+    single = Evaluation(tmp_path / "one", {}, batch_size=10, draws=2, seed=1, progress=False)
+    assert _strip(merged) == _strip(single.run(_rows(diffusion), x, y))

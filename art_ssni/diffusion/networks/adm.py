@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ...checkpoints import read_checkpoint
+from ...checkpoints import check_finite_weights, read_checkpoint
 
 __all__ = [
     "GUIDED_DIFFUSION_256_UNCOND",
@@ -525,6 +525,7 @@ def load_guided_diffusion_checkpoint(
         model = model.to_empty(device=device)
         with torch.no_grad():
             model.load_state_dict(state, strict=True)
+    check_finite_weights(model, "guided-diffusion checkpoint", origin)
     if dtype is not None:
         model.set_compute_dtype(dtype)
     return model.eval()

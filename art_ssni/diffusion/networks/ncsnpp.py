@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...checkpoints import read_checkpoint
+from ...checkpoints import check_finite_weights, read_checkpoint
 
 __all__ = ["NCSNpp", "load_score_sde_checkpoint"]
 
@@ -353,6 +353,7 @@ def _load_raw(model: NCSNpp, state: Any) -> None:
                 f"got {got}"
             )
     model.load_state_dict(stripped, strict=True)
+    check_finite_weights(model, "score_sde checkpoint", "checkpoint['model']")
 
 
 def load_score_sde_checkpoint(
