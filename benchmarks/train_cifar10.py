@@ -197,7 +197,13 @@ def translate_flip(
     ]
 
 
-def train_classifier(args: argparse.Namespace) -> dict[str, Any]:
+def classifier_steps(args: argparse.Namespace) -> int:
+    """Optimiser steps of the classifier: ``--classifier-epochs`` of full batches."""
+    n = 50_000 if args.train_images is None else args.train_images
+    return round(args.classifier_epochs * (n // args.classifier_batch))
+
+
+def train_classifier(args: argparse.Namespace, bar: tqdm | None = None) -> dict[str, Any]:
     """The airbench94 recipe (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds on a single GPU")
     on the CPU in bfloat16: whitening stem, Dirac initialisation, frozen BatchNorm scales,
     SGD-Nesterov on the summed label-smoothed (0.2) loss, a triangular schedule, lookahead
@@ -224,12 +230,15 @@ def train_classifier(args: argparse.Namespace) -> dict[str, Any]:
         nesterov=True,
     )
     per_epoch = len(x) // batch
-    total = round(args.classifier_epochs * per_epoch)
+    total = classifier_steps(args)
     ckpt = Checkpoint(args.work / "classifier.pt", model=model, lookahead=lookahead, opt=opt)
     step, elapsed = ckpt.resume()
     start = time.perf_counter() - elapsed
     model.train()
-    bar = tqdm(total=total, initial=step, desc="classifier", unit="step", mininterval=5.0)
+    own = bar is None
+    if own:
+        bar = tqdm(total=total, desc="classifier", unit="step", mininterval=5.0)
+    bar.update(step)
     while step < total:
         idx = batch_indices(step, len(x), batch, args.seed)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
@@ -258,7 +267,8 @@ def train_classifier(args: argparse.Namespace) -> dict[str, Any]:
         bar.set_postfix(loss=f"{loss.item() / batch:.3f}", refresh=False)
         if step % args.checkpoint_every == 0 or step == total:
             ckpt.save(step, time.perf_counter() - start)
-    bar.close()
+    if own:
+        bar.close()
     model.eval()
     wall = time.perf_counter() - start
     meta = {
@@ -287,7 +297,7 @@ def train_classifier(args: argparse.Namespace) -> dict[str, Any]:
     return meta
 
 
-def train_eps(args: argparse.Namespace) -> dict[str, Any]:
+def train_eps(args: argparse.Namespace, bar: tqdm | None = None) -> dict[str, Any]:
     """eps-MSE DDPM training on indices k < max_level, AdamW, EMA; writes EMA weights."""
     x, _ = load_train(args)
     x = x * 2.0 - 1.0
@@ -304,7 +314,10 @@ def train_eps(args: argparse.Namespace) -> dict[str, Any]:
         "test", root=args.data, source="jpeg", indices=fixed_subset(500, 10_000, seed=2)
     )[0]
     net.train()
-    bar = tqdm(total=total, initial=step, desc="eps UNet", unit="step", mininterval=5.0)
+    own = bar is None
+    if own:
+        bar = tqdm(total=total, desc="eps UNet", unit="step", mininterval=5.0)
+    bar.update(step)
     while step < total:
         idx = batch_indices(step, len(x), args.eps_batch, args.seed + 1)
         gen = torch.Generator().manual_seed((args.seed + 1) * 1_000_003 + step)
@@ -338,7 +351,8 @@ def train_eps(args: argparse.Namespace) -> dict[str, Any]:
             bar.write(json.dumps(ckpt.log[-1]))
         if step % args.checkpoint_every == 0 or step == total:
             ckpt.save(step, time.perf_counter() - start)
-    bar.close()
+    if own:
+        bar.close()
     wall = time.perf_counter() - start
     meta = {
         "class": "art_ssni.diffusion.networks.small_unet.SmallUNet",
@@ -530,10 +544,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
-    if args.part in ("all", "classifier"):
-        train_classifier(args)
-    if args.part in ("all", "eps"):
-        train_eps(args)
+    parts = [part for part in ("classifier", "eps") if args.part in ("all", part)]
+    if parts:
+        steps = {"classifier": classifier_steps(args), "eps": args.eps_steps}
+        desc = "training " + " + ".join(parts)
+        with tqdm(total=sum(steps[p] for p in parts), desc=desc, unit="step",
+                  mininterval=5.0) as bar:  # fmt: skip
+            if "classifier" in parts:
+                train_classifier(args, bar)
+            if "eps" in parts:
+                train_eps(args, bar)
     if args.part in ("all", "card"):
         card = write_card(args)
         print(json.dumps({k: card[k] for k in ("classifier", "eps_net", "images")}, indent=1))

@@ -48,3 +48,19 @@ def test_training_resumes_to_the_same_weights(part, tmp_path, monkeypatch) -> No
         if part == "eps"
         else {**meta["config"], "widths": [24, 8, 8, 8]}
     )
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpeg-train.zip").is_file(), reason="no shared data")
+def test_a_whole_training_run_shows_one_bar(tmp_path, capsys) -> None:
+    """Both models train under one bar whose total is both parts' steps, with its estimate."""
+    from cli.test_cli_progress import bars
+
+    trainer = load_benchmark("train_cifar10")
+    trainer.main(["--part", "all", "--train-images", "32", "--classifier-widths", "24", "8",
+                  "8", "8", "--classifier-batch", "8", "--classifier-epochs", "1",
+                  "--unet-base", "8", "--eps-steps", "3", "--eps-batch", "4",
+                  "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])  # fmt: skip
+    shown = bars(capsys.readouterr().err)
+    assert list(shown) == ["training classifier + eps"]
+    states = shown["training classifier + eps"]
+    assert states[0][:2] == (0, 4 + 3) and states[-1][:2] == (7, 7)
