@@ -76,8 +76,8 @@ def test_the_batch_size_changes_no_row_of_an_evaluation(tmp_path, diffusion, sta
 
 
 def test_without_ids_draws_follow_positions_as_before(diffusion, stats):
-    """Unnamed samples (a user's own call) keep the position-keyed streams: the same seed
-    gives the same numbers, and another batch gives other draws."""
+    """Unnamed samples (a user's own call) keep the position-keyed streams, and the same seed
+    gives the same numbers."""
     x, y = _data()
     row = _row(diffusion, stats, "pgd", max_rows=256)
     first = evaluate_batch(row, x, y, seed=4, draws=2)

@@ -268,9 +268,7 @@ def test_an_edited_unit_with_valid_metadata_is_recomputed_not_merged(tmp_path):
     with pytest.warns(UserWarning, match=r"recomputing .*changed after the run wrote it"):
         (resumed,) = evaluation.run([_row()], x, y)
     assert resumed["robust"] == expected["robust"]
-    assert (
-        torch.equal(torch.load(path, weights_only=True)["preds_adv"], record["preds_adv"]) is False
-    )
+    assert not torch.equal(torch.load(path, weights_only=True)["preds_adv"], record["preds_adv"])
 
 
 def test_every_rank_works_when_there_is_one_batch(tmp_path, diffusion):

@@ -194,7 +194,8 @@ def test_named_samples_follow_a_tiled_batch_across_chunks(diffusion, images):
     """Inside ``samples(ids)`` the rows of calls are the batch tiled, whatever the chunking:
     row p of the tiled rows draws from the stream of (ids[p % N], p // N) under the one seed
     the block drew from the defence's generator on entry, so any chunking gives the same
-    rows, and they are what the purifier gives for those keys and that seed."""
+    rows, and they are what the purifier gives for those keys and that seed (equal up to the
+    float rounding of convolutions over batches of another size)."""
     model = defended(diffusion)
     ids = torch.tensor([50, 51, 52])
     rows = images[:3].repeat(3, 1, 1, 1)  # draw d of sample i is row 3 d + i
