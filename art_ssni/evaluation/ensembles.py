@@ -3,19 +3,29 @@
 AutoAttack's rule (Croce & Hein 2020) runs a list of attacks in order, keeps per image the
 first adversarial example that fools the model, and runs later attacks only on the images
 still classified correctly. A randomised defence is judged over N draws, so "fools" needs a
-rule; :func:`ensemble` uses the evaluation's own judging:
+rule; :func:`ensemble` judges with the evaluation's final judging itself:
 
-- every candidate of attack k is judged over ``draws`` fresh passes of the defence (the
-  evaluation's N; new draws, not those the final judging will use);
-- the first candidate whose majority-vote label is wrong is kept, and that image leaves the
-  ensemble: later attacks run only on the images whose vote still holds (saves work);
+- every attack's candidates are judged over the same N draws of the defence (on a defence
+  whose samples are named, one seed for all members: sample i's draw k is the same noise
+  whichever attack made the candidate);
+- the first candidate whose majority vote is wrong is kept, and that image leaves the
+  ensemble: later attacks run only on the images whose vote still holds;
 - an image whose vote no candidate breaks keeps the candidate with the fewest correct draws
-  (ties: the earlier attack), the attacker's best shot at worst-of-N.
+  (ties: the earlier attack), so that it is wrong in some draw (worst-of-N) if any attack
+  made it so.
 
-The evaluation then judges the kept examples over its own N draws, vote and worst-of-N with
-Wilson intervals, as every row. ``breakdown`` receives per image which attack was the first
-to break the vote, which was the first to make at least one draw wrong (worst-of-N), which
-candidate was kept, and on which images each attack ran (:func:`summarise` counts them).
+That judging is the row's verdict: the runner records the kept candidates' predictions and
+levels from it and does not judge them again. Judging the kept candidates again on fresh
+draws would undo the selection (an image kept because its vote broke in these N draws holds
+in the next N about as often as its per-draw error allows), and the ensemble would report
+more robustness than its strongest member. Under the rule an image counts as robust only if
+it survives the judging of every attack: with shared draws the ensemble's count is at most
+each member's count on the same images and draws.
+
+``breakdown`` receives per image which attack was the first to break the vote, which was the
+first to make at least one draw wrong (worst-of-N), which candidate was kept, the correct
+draws of every member's candidate, and on which images each attack ran (:func:`summarise`
+counts them).
 """
 
 from __future__ import annotations
@@ -29,15 +39,17 @@ import torch
 from torch import nn
 
 from .._rng import RandomSource, SampleStreams, as_source, int_seed
+from ..models.defended import DefendedClassifier
 from ..validation import check_images
 from .accuracy import majority_vote
 from .eot import DEFAULT_MAX_ROWS, draw_logits
 
 NAME = "ensemble"
 RULE = (
-    "each attack's candidates judged over the evaluation's N fresh draws; per image the first "
-    "candidate that breaks the majority vote is kept and later attacks skip that image; an "
-    "image no attack breaks keeps the candidate with the fewest correct draws"
+    "every attack's candidates judged over the same N draws, which are the row's final "
+    "judging (the kept candidates are not judged again); per image the first candidate whose "
+    "vote is wrong is kept and later attacks skip that image; an image no attack breaks keeps "
+    "the candidate with the fewest correct draws"
 )
 ENSEMBLE_BUDGET = (
     "norm", "eps", "step", "iterations", "eot", "restarts", "max_rows", "selector_weight",
@@ -63,7 +75,7 @@ ALIASES = {
 }
 DEFAULT_MEMBERS = (
     "apgd-ce", "apgd-dlr", "pgd-eot", "bpda-eot",
-    "selector-constrained", "dac-mask", "spectral", "low-frequency",
+    "selector-aware", "selector-constrained", "dac-mask", "spectral", "low-frequency",
 )  # fmt: skip
 """The default ensemble, in order; the members a defence does not offer a target for are
 left out (:func:`default_members`)."""
@@ -119,11 +131,35 @@ def _check(x: torch.Tensor, y: torch.Tensor, draws: int, members: Sequence[Membe
         raise ValueError(f"the ensemble names an attack twice: {names}")
 
 
-def _subset(model: nn.Module, rows: torch.Tensor) -> AbstractContextManager:
+def _subset(
+    model: nn.Module, rows: torch.Tensor, seed: int | None = None
+) -> AbstractContextManager:
     """Name the samples ``rows`` of a defence whose samples are named (a no-op otherwise), so
-    that a member run on the survivors keys its draws by their ids, not their positions."""
+    that a member run on the survivors keys its draws by their ids, not their positions;
+    ``seed`` fixes the block's seed (the judging, shared by every member)."""
     ids = getattr(model, "sample_ids", None)
-    return model.samples(ids[rows.cpu()]) if ids is not None else nullcontext()
+    return model.samples(ids[rows.cpu()], seed=seed) if ids is not None else nullcontext()
+
+
+@torch.no_grad()
+def _judge(
+    model: nn.Module, x: torch.Tensor, draws: int, max_rows: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Labels (draws, N) of ``draws`` passes of the defence on x, and the levels those passes
+    used ((draws, N), None when the defence picks none)."""
+    if not isinstance(model, DefendedClassifier) or model.policy is None:
+        logits = draw_logits(model, x, draws, max_rows=max_rows)
+        return logits.argmax(1).view(draws, x.shape[0]).cpu(), None
+    with model.record_levels() as passes:
+        logits = draw_logits(model, x, draws, max_rows=max_rows)
+    return logits.argmax(1).view(draws, x.shape[0]).cpu(), torch.cat(passes).view(draws, -1).cpu()
+
+
+def _seeds(stream: RandomSource, count: int) -> list[int]:
+    if isinstance(stream, SampleStreams):
+        return [int_seed(stream) for _ in range(count)]
+    place = stream.device if stream is not None else "cpu"
+    return torch.randint(0, 2**31 - 1, (count,), generator=stream, device=place).tolist()
 
 
 def ensemble(
@@ -143,10 +179,14 @@ def ensemble(
 
     Each member gets the budget keywords its spec takes (``selector_weight`` as ``weight``;
     ``judge_draws`` and ``criterion`` too when it judges in the loop) and its own seed drawn
-    from ``generator``; a keyword outside :data:`ENSEMBLE_BUDGET` is refused. ``breakdown``,
-    a dict, receives ``members`` (names) and per image ``first_vote``, ``first_worst``,
-    ``kept`` (member index, -1 for none), ``correct`` (correct draws of the kept candidate)
-    and ``ran`` (members x images), all on the CPU.
+    from ``generator``, as does the judging; a keyword outside :data:`ENSEMBLE_BUDGET` is
+    refused. A defence that has named samples (:meth:`DefendedClassifier.samples`) but none
+    named yet gets them named by position. ``breakdown``, a dict, receives ``members``
+    (names), the verdict on the returned examples (``predictions`` and ``levels``, (draws,
+    N)), and per image ``first_vote``, ``first_worst``, ``kept`` (member index, -1 for none),
+    ``correct`` (correct draws of the kept candidate), ``member_correct`` (members x images,
+    -1 where a member did not run) and ``ran`` (members x images), all on the CPU. Report the
+    verdict, not a judging of the returned examples on fresh draws (see the module's text).
     """
     from .registry import ATTACKS
 
@@ -161,19 +201,21 @@ def ensemble(
         why = spec.refusal(model)
         if why is not None:
             raise ValueError(f"ensemble member {m.name!r} cannot attack this defence: {why}")
+    if isinstance(model, DefendedClassifier) and model.sample_ids is None:
+        with model.samples(torch.arange(x.shape[0])):
+            return ensemble(model, x, y, chosen, generator=generator, draws=draws,
+                            max_rows=max_rows, breakdown=breakdown, **budget)  # fmt: skip
     stream = as_source(generator)
-    if isinstance(stream, SampleStreams):
-        seeds = torch.tensor([int_seed(stream) for _ in chosen])
-    else:
-        place = stream.device if stream is not None else "cpu"
-        seeds = torch.randint(0, 2**31 - 1, (len(chosen),), generator=stream, device=place).cpu()
+    *seeds, judge_seed = _seeds(stream, len(chosen) + 1)
     x, y = x.detach(), y.to(x.device)
     n, device = x.shape[0], x.device
     best = x.clone()
-    correct_best = torch.full((n,), draws + 1, device=device)
-    first_vote = torch.full((n,), -1, dtype=torch.long, device=device)
+    predictions = torch.zeros(draws, n, dtype=torch.long)
+    levels: torch.Tensor | None = None
+    correct_best = torch.full((n,), draws + 1, dtype=torch.long)
+    member_correct = torch.full((len(chosen), n), -1, dtype=torch.long)
+    first_vote = torch.full((n,), -1, dtype=torch.long)
     first_worst, kept = first_vote.clone(), first_vote.clone()
-    ran = torch.zeros(len(chosen), n, dtype=torch.bool, device=device)
     for k, (m, spec) in enumerate(zip(chosen, specs)):
         alive = (first_vote < 0).nonzero()[:, 0]
         if alive.numel() == 0:
@@ -181,31 +223,41 @@ def ensemble(
         kwargs = {**_budget_for(spec.takes, spec.in_loop, budget), **dict(m.options)}
         if "max_rows" in spec.takes:
             kwargs["max_rows"] = max_rows
-        source = int(seeds[k])
+        source = seeds[k]
         if isinstance(stream, SampleStreams):
             source = stream.subset(alive, source)
         with _subset(model, alive):
-            candidate = spec.run(model, x[alive], y[alive], generator=source, **kwargs)
-            predictions = draw_logits(model, candidate, draws, max_rows=max_rows).argmax(1)
-        predictions = predictions.view(draws, alive.numel())
-        correct = (predictions == y[alive]).sum(0)
-        broken = majority_vote(predictions) != y[alive]
+            candidate = spec.run(model, x[alive.to(device)], y[alive.to(device)],
+                                 generator=source, **kwargs)  # fmt: skip
+        with _subset(model, alive, seed=judge_seed):
+            labels, used = _judge(model, candidate, draws, max_rows)
+        truth = y[alive.to(device)].cpu()
+        correct = (labels == truth).sum(0)
+        member_correct[k, alive] = correct
+        broken = majority_vote(labels) != truth
         take = broken | (correct < correct_best[alive])
-        best[alive[take]] = candidate[take].detach()
-        correct_best[alive[take]] = correct[take]
-        kept[alive[take]] = k
+        rows = alive[take]
+        correct_best[rows] = correct[take]
+        best[rows.to(device)] = candidate[take.to(device)].detach()
+        predictions[:, rows] = labels[:, take]
+        if used is not None:
+            levels = torch.zeros(draws, n, dtype=used.dtype) if levels is None else levels
+            levels[:, rows] = used[:, take]
+        kept[rows] = k
         first_vote[alive[broken]] = k
         newly_worst = (correct < draws) & (first_worst[alive] < 0)
         first_worst[alive[newly_worst]] = k
-        ran[k, alive] = True
     if breakdown is not None:
         breakdown.update(
             members=[m.name for m in chosen],
-            first_vote=first_vote.cpu(),
-            first_worst=first_worst.cpu(),
-            kept=kept.cpu(),
-            correct=correct_best.cpu(),
-            ran=ran.cpu(),
+            predictions=predictions,
+            levels=levels,
+            first_vote=first_vote,
+            first_worst=first_worst,
+            kept=kept,
+            correct=correct_best,
+            member_correct=member_correct,
+            ran=member_correct >= 0,
         )
     return best
 

@@ -61,7 +61,11 @@ class AttackSpec:
     ``weight``), whether it gets in-loop rows, what it needs of the defence (a key of
     :data:`NEEDS`), the gradient mode it imposes (BPDA: the identity backward), if any, and
     whether it takes the evaluation's judging ``draws`` and fills a per-image ``breakdown``
-    dict that the runner records (the ensemble)."""
+    dict that the runner records (the ensemble). An attack whose breakdown holds
+    ``predictions`` (and ``levels``) has judged its examples over those draws itself: the
+    runner records that verdict instead of judging them again. ``version`` counts changes to
+    what the attack returns for the same budget and seed (the ensemble's verdict is version
+    2): a resumed run recomputes the units an older version wrote."""
 
     name: str
     label: str
@@ -71,6 +75,7 @@ class AttackSpec:
     needs: str | None = None
     gradient: str | None = None
     breakdown: bool = False
+    version: int = 1
 
     def refusal(self, model: nn.Module) -> str | None:
         """Why this attack cannot run on ``model`` (None: it can)."""
@@ -126,6 +131,7 @@ ATTACKS: dict[str, AttackSpec] = {
             ENSEMBLE_BUDGET,
             in_loop=False,
             breakdown=True,
+            version=2,
         ),
     )
 }

@@ -65,6 +65,10 @@ def row_seed(seed: int, key: str) -> int:
     return zlib.crc32(f"{seed}:{key}".encode()) & 0x7FFFFFFF
 
 
+def _version(row: Row) -> int:
+    return ATTACKS[row.attack].version if row.attack != "none" else 1
+
+
 def _defence(model: nn.Module) -> DefendedClassifier | None:
     return model if isinstance(model, DefendedClassifier) else None
 
@@ -126,7 +130,10 @@ def _evaluate(
         source = seed + 1 if attack_source is None else attack_source
         x_adv = spec.run(model, x, y, generator=source, **row.attack_kwargs, **own)
     preds_clean, levels_clean = predict_with_levels(model, x, draws)
-    preds_adv, levels_adv = predict_with_levels(model, x_adv, draws)
+    if "predictions" in breakdown:
+        preds_adv, levels_adv = breakdown.pop("predictions"), breakdown.pop("levels")
+    else:
+        preds_adv, levels_adv = predict_with_levels(model, x_adv, draws)
     record: dict[str, Any] = {
         "preds_clean": preds_clean,
         "preds_adv": preds_adv,
@@ -264,10 +271,12 @@ class Evaluation:
         text = json.dumps(self.config, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def unit_meta(self, key: str, batch: int, n: int) -> dict[str, Any]:
-        return {"row": key, "batch": batch, "n": n, "config": self.digest}
+    def unit_meta(self, key: str, batch: int, n: int, version: int = 1) -> dict[str, Any]:
+        """What a unit file must record to be merged: its row, batch, size, run and the
+        version of its row's attack (:attr:`AttackSpec.version`)."""
+        return {"row": key, "batch": batch, "n": n, "config": self.digest, "version": version}
 
-    def load_unit(self, key: str, batch: int, n: int) -> dict[str, Any] | None:
+    def load_unit(self, key: str, batch: int, n: int, version: int = 1) -> dict[str, Any] | None:
         """A finished unit's record, or ``None`` (with a warning naming the file) when it is
         missing, unreadable, from another row or run, or does not hold its ``n`` samples."""
         path = self.part_path(key, batch)
@@ -278,7 +287,7 @@ class Evaluation:
         except Exception as err:
             problem = f"cannot be read ({type(err).__name__}: {err})"
         else:
-            problem = _unit_problem(record, self.unit_meta(key, batch, n), self.draws)
+            problem = _unit_problem(record, self.unit_meta(key, batch, n, version), self.draws)
             if problem is None:
                 return record
         warnings.warn(f"recomputing {path}: the unit file {problem}", stacklevel=2)
@@ -330,7 +339,11 @@ class Evaluation:
 
         every = [(row, b) for row in rows for b in range(n_batches)]
         units = every[self.rank :: self.world]
-        todo = [(row, b) for row, b in units if self.load_unit(row.key, b, size(b)) is None]
+        todo = [
+            (row, b)
+            for row, b in units
+            if self.load_unit(row.key, b, size(b), _version(row)) is None
+        ]
         done = sum(size(b) for _, b in units) - sum(size(b) for _, b in todo)
         own = bar is None
         if own:
@@ -348,7 +361,10 @@ class Evaluation:
                 ids=torch.arange(size(b)) + b * self.batch_size,
                 save_adversarial=self.save_adversarial,
             )
-            record["meta"] = {**self.unit_meta(row.key, b, size(b)), "seal": seal(record)}
+            record["meta"] = {
+                **self.unit_meta(row.key, b, size(b), _version(row)),
+                "seal": seal(record),
+            }
             atomic_torch_save(record, self.part_path(row.key, b))
             bar.update(size(b))
         if own:
@@ -360,7 +376,7 @@ class Evaluation:
         for row in rows:
             parts = []
             for b in range(n_batches):
-                record = self.load_unit(row.key, b, size(b))
+                record = self.load_unit(row.key, b, size(b), _version(row))
                 if record is None:
                     raise ValueError(
                         f"unit {self.part_path(row.key, b)} is missing or invalid after the run; "
@@ -390,7 +406,7 @@ def _unit_problem(record: Any, meta: dict[str, Any], draws: int) -> str | None:
     """Why a loaded unit does not belong where it lies, or ``None`` when it does."""
     if not isinstance(record, dict) or not isinstance(record.get("meta"), dict):
         return "records no row, batch and configuration (written by another version?)"
-    found = record["meta"]
+    found = {"version": 1, **record["meta"]}
     wrong = [f"{k} {found.get(k)!r} (expected {v!r})" for k, v in meta.items() if found.get(k) != v]
     if wrong:
         return "belongs elsewhere: " + ", ".join(wrong)

@@ -21,7 +21,7 @@ from tiny import Probe, TinyClassifier, defended
 
 # The scripted defence: two classes, label 0 right. An image whose pixels all equal
 # 0.5 + 0.01 c is wrong in each draw with probability P[c]; clean images (below 0.5) never.
-P = [0.0, 0.05, 0.1, 0.2, 0.3, 0.9, 1.0]
+P = [0.0, 0.05, 0.1, 0.2, 0.3, 0.9, 1.0, 0.5]
 DRAWS = 41
 
 
@@ -29,6 +29,7 @@ class Scripted(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.generator = torch.Generator().manual_seed(0)
+        self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # the runner's device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = x.flatten(1).mean(1)
@@ -40,6 +41,7 @@ class Scripted(nn.Module):
 
 # Per attack, the code it reaches on each of the four images (clean pixel value 0.1 i).
 CODES = {"fake-a": [5, 3, 0, 0], "fake-b": [0, 1, 4, 0], "fake-c": [0, 6, 2, 0]}
+COIN = 7  # wrong in each draw with probability 1/2
 
 
 def _fake(name: str, calls: dict[str, list[int]]):
@@ -86,6 +88,45 @@ def test_each_image_keeps_the_first_vote_breaking_candidate_else_the_fewest_corr
     assert (record["unbroken_vote"], record["unbroken_worst"]) == (2, 1)
 
 
+def test_the_row_is_the_ensembles_own_judging_not_a_fresh_one(tmp_path, monkeypatch):
+    """Every image reaches a coin-flip code: the ensemble keeps the images whose vote broke in
+    its judging. Judged again on fresh draws about half of those would hold, and the row would
+    report more robustness than the ensemble found; the runner records the ensemble's verdict."""
+    calls: dict[str, list[int]] = {}
+    monkeypatch.setitem(CODES, "fake-coin", [COIN] * 40)
+    monkeypatch.setitem(ATTACKS, "fake-coin", _fake("fake-coin", calls))
+    x = torch.linspace(0, 0.3, 40).view(40, 1, 1, 1).expand(40, 1, 2, 2).contiguous()
+    y = torch.zeros(40, dtype=torch.long)
+    row = Row("coin-ensemble", "coin", Scripted(), "ensemble",
+              {"attacks": ["fake-coin"], "eps": 1.0})  # fmt: skip
+    evaluation = Evaluation(tmp_path, {}, batch_size=40, draws=5, seed=0, progress=False)
+    (merged,) = evaluation.run([row], x, y)
+    record = merged["ensemble"]
+    assert 0 < record["unbroken_vote"] < 40
+    assert merged["robust"]["vote"] == pytest.approx(record["unbroken_vote"] / 40)
+    assert merged["robust"]["worst"] == pytest.approx(record["unbroken_worst"] / 40)
+
+
+def test_the_verdict_is_the_worst_of_every_members_judging(weak_defence):
+    """On a defence with named samples every member is judged over the same draws: an image's
+    verdict holds under the vote only if every member's candidate left its vote standing, and
+    its correct draws are the fewest any member's candidate left."""
+    weak, x, y = weak_defence
+    breakdown: dict = {}
+    with weak.samples(torch.arange(8)):
+        ensemble(weak, x, y, ["pgd-eot", "low-frequency", "bpda-eot"], generator=1, draws=3,
+                 breakdown=breakdown, eps=0.02, step=0.03, iterations=2, eot=1)  # fmt: skip
+    ran, correct = breakdown["ran"], breakdown["member_correct"]
+    assert ran[0].all() and 0 < int(ran[1].sum()) < 8 and (ran == (correct >= 0)).all()
+    fewest = correct.masked_fill(~ran, 99).min(0).values
+    assert breakdown["correct"].tolist() == fewest.tolist()
+    verdict = (breakdown["predictions"] == y).sum(0)
+    assert verdict.tolist() == fewest.tolist()
+    holds = ((correct >= 2) | ~ran).all(0)
+    assert (breakdown["first_vote"] < 0).tolist() == holds.tolist()
+    assert breakdown["levels"].tolist() == [[1] * 8] * 3  # DiffPure's t* = 1, every pass
+
+
 def test_batches_sum_and_must_run_the_same_attacks(scripted):
     x, y, _ = scripted
     parts = []
@@ -106,7 +147,9 @@ def test_defaults_follow_the_defence(diffusion, stats):
     policy = SSNISigmoid(EPSNorm(diffusion, num_levels=5), stats, 10, tau=1.0)
     ssni = DefendedClassifier(DiffPure(diffusion, noise=policy, t_star=10, steps=1),
                               TinyClassifier())  # fmt: skip
-    assert default_members(ssni) == (*common, "selector-constrained", "low-frequency")
+    assert default_members(ssni) == (
+        *common, "selector-aware", "selector-constrained", "low-frequency",
+    )  # fmt: skip
     mask = AttentionMask(Probe(), ("first", "second"))
     dac = DAC(diffusion, mask=mask, t_large=10, t_small=5, stride=5, surrogate_stride=5)
     members = default_members(DefendedClassifier(dac, TinyClassifier()))
@@ -181,3 +224,25 @@ def test_every_policy_gets_one_ensemble_row_and_no_in_loop_rows():
         "diffpure-ssni-n-ensemble",
     ]
     assert rows[0].attack_kwargs["eot"] == 1
+
+
+def test_units_an_older_ensemble_rule_wrote_are_recomputed(tmp_path, weak_defence):
+    """A unit records its attack's version; one written before versions were recorded is
+    version 1, which still holds for PGD-EOT but not for the ensemble (now version 2)."""
+    weak, x, y = weak_defence
+    config = AttackConfig(eps=0.05, step=0.03, iterations=1, eot=1)
+    rows = [
+        Row("weak-ensemble", "weak", weak, "ensemble",
+            {**config.budget("ensemble"), "attacks": ["pgd-eot"]}),
+        Row("weak-pgd", "weak", weak, "pgd-eot", config.budget("pgd-eot")),
+    ]  # fmt: skip
+    evaluation = Evaluation(tmp_path, {}, batch_size=8, draws=3, seed=0, progress=False)
+    evaluation.run(rows, x, y)
+    for key in ("weak-ensemble", "weak-pgd"):
+        path = evaluation.part_path(key, 0)
+        record = torch.load(path, weights_only=True)
+        assert record["meta"].pop("version") == ATTACKS[rows[key == "weak-pgd"].attack].version
+        torch.save(record, path)
+    assert evaluation.load_unit("weak-pgd", 0, 8, 1) is not None
+    with pytest.warns(UserWarning, match=r"version 1 \(expected 2\)"):
+        assert evaluation.load_unit("weak-ensemble", 0, 8, 2) is None
