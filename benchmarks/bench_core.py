@@ -30,14 +30,17 @@ dtypes), batching the EPS levels (all levels of all images in one call against o
 the images per level), batching the EOT rows (``max_rows``: all draws in one pass against
 one pass per draw), the rate against the rows per call in both dtypes and the EPS norm in
 chunks of ``--chunk`` rows against one call of all rows; ``--only compile`` times
-``torch.compile`` of the network call (its compile time, then eager / compiled). Each adds
-its section to ``core.json`` (the other sections are kept).
+``torch.compile`` of the network call (its compile time, then eager / compiled);
+``--only weights`` times bfloat16 calls with the convolution and linear weights cast once
+against autocast casting them at every call. Each adds its section to ``core.json`` (the
+other sections are kept).
 
     python benchmarks/bench_core.py [--device cpu] [--batch 4] [--out benchmarks/results/core.json]
     python benchmarks/bench_core.py --only overhead   # writes benchmarks/results/core_overhead.json
     OMP_NUM_THREADS=1 python benchmarks/bench_core.py --only throughput
     OMP_NUM_THREADS=1 python benchmarks/bench_core.py --only fixes
     OMP_NUM_THREADS=1 python benchmarks/bench_core.py --only compile
+    OMP_NUM_THREADS=1 python benchmarks/bench_core.py --only weights
 """
 
 from __future__ import annotations
@@ -428,6 +431,51 @@ def compiled(args: argparse.Namespace) -> dict:
     return {"compile_seconds": seconds, **measured}
 
 
+def weight_copies(args: argparse.Namespace) -> dict:
+    """bfloat16 network calls with the weight copies made once (after) against autocast
+    casting every weight at every call (before), in the same run: a forward of ``args.rows``
+    and of 4 rows, a forward + backward, one purification and one attack step."""
+    from art_ssni.evaluation.eot import eot_gradient
+
+    setup, defended = cifar10_defence()
+    diffusion = setup.diffusion
+    diffusion.set_speed_options(compute_dtype=torch.bfloat16)
+    copies = diffusion._reduced
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn(args.rows, 3, 32, 32, generator=g)
+    t = torch.full((args.rows,), 100)
+    x = setup.x[: args.purify_batch]
+    xa, ya = setup.x[: args.attack_batch], setup.y[: args.attack_batch]
+
+    def forward_backward():
+        xg = x_t.clone().requires_grad_(True)
+        torch.autograd.grad(diffusion.eps(xg, t).sum(), xg)
+
+    @torch.no_grad()
+    def forward(rows: int) -> None:
+        diffusion.eps(x_t[:rows], t[:rows])
+
+    cases = {
+        f"forward_{args.rows}_rows": lambda: forward(args.rows),
+        "forward_4_rows": lambda: forward(4),
+        f"forward_backward_{args.rows}_rows": forward_backward,
+        f"purification_{args.purify_batch}_images": lambda: defended.purifier(x, 0),
+        f"attack_step_{args.attack_batch}_images": lambda: eot_gradient(defended, xa, ya, 1),
+    }
+
+    def variant(fn, reduced):
+        def run():
+            diffusion._reduced = reduced
+            fn()
+
+        return run
+
+    out = {name: ratio(variant(fn, None), variant(fn, copies), args.repeats)
+           for name, fn in cases.items()}  # fmt: skip
+    diffusion.set_speed_options()
+    return out
+
+
 def _with(diffusion: DiffusionModel, fn, dtype: torch.dtype):
     diffusion.set_speed_options(compute_dtype=dtype)
     try:
@@ -440,7 +488,12 @@ def cpu() -> torch.device:
     return torch.device("cpu")
 
 
-SECTIONS = {"throughput": throughput, "fixes": fixes, "compile": compiled}
+SECTIONS = {
+    "throughput": throughput,
+    "fixes": fixes,
+    "compile": compiled,
+    "weights": weight_copies,
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -450,9 +503,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--t-star", type=int, default=100)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument(
-        "--only", choices=("all", "overhead", "throughput", "fixes", "compile"), default="all"
-    )
+    parser.add_argument("--only", choices=("all", "overhead", *SECTIONS), default="all")
     parser.add_argument("--rows", type=int, default=64, help="rows per network call")
     parser.add_argument("--matmul-size", type=int, default=1024, help="n of the peak's matmul")
     parser.add_argument("--purify-batch", type=int, default=8)

@@ -82,3 +82,17 @@ def test_fixes_are_ratios_of_timings_taken_in_the_same_run(one_thread) -> None:
         )
     for dtype in ("float32", "bfloat16"):
         assert sorted(result["gflop_per_s_by_rows_per_call"][dtype]) == ["1", "2"]
+
+
+def test_weight_copies_are_timed_against_autocasts_casts_in_the_same_run(one_thread) -> None:
+    """Each case is a ratio of its two timings, taken alternately in one run."""
+    bench_core = load_benchmark("bench_core")
+    result = bench_core.weight_copies(_args(bench_core))
+    assert sorted(result) == sorted(
+        ["forward_2_rows", "forward_4_rows", "forward_backward_2_rows",
+         "purification_1_images", "attack_step_1_images"]
+    )  # fmt: skip
+    for entry in result.values():
+        assert entry["before_over_after"] == pytest.approx(
+            entry["before_seconds"] / entry["after_seconds"]
+        )
