@@ -5,22 +5,23 @@ first adversarial example that fools the model, and runs later attacks only on t
 still classified correctly. A randomised defence is judged over N draws, so "fools" needs a
 rule; :func:`ensemble` judges with the evaluation's final judging itself:
 
-- every attack's candidates are judged over the same N draws of the defence (on a defence
-  whose samples are named, one seed for all members: sample i's draw k is the same noise
-  whichever attack made the candidate);
+- every attack's candidates are judged over N fresh draws of the defence, as a row of that
+  attack alone would be;
 - the first candidate whose majority vote is wrong is kept, and that image leaves the
   ensemble: later attacks run only on the images whose vote still holds;
 - an image whose vote no candidate breaks keeps the candidate with the fewest correct draws
-  (ties: the earlier attack), so that it is wrong in some draw (worst-of-N) if any attack
-  made it so.
+  (ties: the earlier attack), so that it is wrong in some draw (worst-of-N) if any attack's
+  judging made it so.
 
 That judging is the row's verdict: the runner records the kept candidates' predictions and
-levels from it and does not judge them again. Judging the kept candidates again on fresh
-draws would undo the selection (an image kept because its vote broke in these N draws holds
-in the next N about as often as its per-draw error allows), and the ensemble would report
-more robustness than its strongest member. Under the rule an image counts as robust only if
-it survives the judging of every attack: with shared draws the ensemble's count is at most
-each member's count on the same images and draws.
+levels from it and does not judge them again. Judging the kept candidates again would undo
+the selection (an image kept because its vote broke in these N draws holds in the next N
+about as often as its per-draw error allows), and the ensemble would report more robustness
+than its strongest member. Under the rule an image counts as robust only if it survives the
+judging of every attack that ran on it, so the ensemble's robust accuracy is at most each
+member's alone (in expectation: each judging is random). It is the attacker's count, as
+AutoAttack's is: an image whose vote holds with probability p under each of K attacks
+survives all K judgings with probability p^K.
 
 ``breakdown`` receives per image which attack was the first to break the vote, which was the
 first to make at least one draw wrong (worst-of-N), which candidate was kept, the correct
@@ -46,10 +47,10 @@ from .eot import DEFAULT_MAX_ROWS, draw_logits
 
 NAME = "ensemble"
 RULE = (
-    "every attack's candidates judged over the same N draws, which are the row's final "
-    "judging (the kept candidates are not judged again); per image the first candidate whose "
-    "vote is wrong is kept and later attacks skip that image; an image no attack breaks keeps "
-    "the candidate with the fewest correct draws"
+    "every attack's candidates judged over N fresh draws, which are the row's final judging "
+    "(the kept candidates are not judged again); per image the first candidate whose vote is "
+    "wrong is kept and later attacks skip that image; an image no attack breaks keeps the "
+    "candidate with the fewest correct draws"
 )
 ENSEMBLE_BUDGET = (
     "norm", "eps", "step", "iterations", "eot", "restarts", "max_rows", "selector_weight",
@@ -131,14 +132,11 @@ def _check(x: torch.Tensor, y: torch.Tensor, draws: int, members: Sequence[Membe
         raise ValueError(f"the ensemble names an attack twice: {names}")
 
 
-def _subset(
-    model: nn.Module, rows: torch.Tensor, seed: int | None = None
-) -> AbstractContextManager:
+def _subset(model: nn.Module, rows: torch.Tensor) -> AbstractContextManager:
     """Name the samples ``rows`` of a defence whose samples are named (a no-op otherwise), so
-    that a member run on the survivors keys its draws by their ids, not their positions;
-    ``seed`` fixes the block's seed (the judging, shared by every member)."""
+    that a member run on the survivors keys its draws by their ids, not their positions."""
     ids = getattr(model, "sample_ids", None)
-    return model.samples(ids[rows.cpu()], seed=seed) if ids is not None else nullcontext()
+    return model.samples(ids[rows.cpu()]) if ids is not None else nullcontext()
 
 
 @torch.no_grad()
@@ -179,7 +177,7 @@ def ensemble(
 
     Each member gets the budget keywords its spec takes (``selector_weight`` as ``weight``;
     ``judge_draws`` and ``criterion`` too when it judges in the loop) and its own seed drawn
-    from ``generator``, as does the judging; a keyword outside :data:`ENSEMBLE_BUDGET` is
+    from ``generator``; a keyword outside :data:`ENSEMBLE_BUDGET` is
     refused. A defence that has named samples (:meth:`DefendedClassifier.samples`) but none
     named yet gets them named by position. ``breakdown``, a dict, receives ``members``
     (names), the verdict on the returned examples (``predictions`` and ``levels``, (draws,
@@ -206,7 +204,7 @@ def ensemble(
             return ensemble(model, x, y, chosen, generator=generator, draws=draws,
                             max_rows=max_rows, breakdown=breakdown, **budget)  # fmt: skip
     stream = as_source(generator)
-    *seeds, judge_seed = _seeds(stream, len(chosen) + 1)
+    seeds = _seeds(stream, len(chosen))
     x, y = x.detach(), y.to(x.device)
     n, device = x.shape[0], x.device
     best = x.clone()
@@ -229,7 +227,6 @@ def ensemble(
         with _subset(model, alive):
             candidate = spec.run(model, x[alive.to(device)], y[alive.to(device)],
                                  generator=source, **kwargs)  # fmt: skip
-        with _subset(model, alive, seed=judge_seed):
             labels, used = _judge(model, candidate, draws, max_rows)
         truth = y[alive.to(device)].cpu()
         correct = (labels == truth).sum(0)

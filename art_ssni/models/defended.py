@@ -113,7 +113,7 @@ class DefendedClassifier(nn.Module):
             self.purifier.generator = torch.Generator().manual_seed(seed)
 
     @contextmanager
-    def samples(self, ids: torch.Tensor, *, seed: int | None = None) -> Iterator[None]:
+    def samples(self, ids: torch.Tensor) -> Iterator[None]:
         """Name the N samples of a batch (int64 ids, e.g. their indices in the evaluated data
         set) for the calls inside the block: the rows those calls send, counted in order across
         calls, are the batch tiled (``x.repeat(draws, 1, 1, 1)``, split in chunks of any size),
@@ -122,19 +122,13 @@ class DefendedClassifier(nn.Module):
         defence's generator on entry. Sample i's k-th row is therefore the same draw whatever
         the batch size, the other samples and the chunking of the calls. An attack that sends
         a subset names it in a block of its own (``samples(sample_ids[subset])``, which draws
-        its own seed). ``seed`` fixes the block's seed instead, so that two blocks with one
-        seed give each (sample, copy) the same draw: the ensemble judges every attack's
-        candidates over the same N draws. :meth:`levels` and :meth:`scores` map their rows as
-        one tiled pass, without counting."""
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"a samples() block's seed must be an int, got {seed!r}")
+        its own seed). :meth:`levels` and :meth:`scores` map their rows as one tiled pass,
+        without counting."""
         if torch.as_tensor(ids).dim() != 1:
             raise ValueError("samples() takes plain (N,) ids; the copies are counted here")
         previous = self._samples, self._rows_sent, self._block_seed
         self._samples, self._rows_sent = check_sample_ids(ids, len(ids))[:, 0], 0
-        if seed is not None:
-            self._block_seed = seed
-        elif self.purifier is not None:
+        if self.purifier is not None:
             self._block_seed = draw_call_seed(getattr(self.purifier, "generator", None))
         try:
             yield

@@ -230,26 +230,6 @@ def test_copies_of_a_sample_draw_apart_and_copy_zero_is_the_sample(diffusion, im
         assert float((tiled[a] - tiled[b]).abs().amax((1, 2, 3)).min()) > 1e-3
 
 
-def test_a_seeded_samples_block_repeats_its_draws_for_any_subset(diffusion, images):
-    """``samples(ids, seed=s)`` keys row (id, copy) under s, not under a seed drawn from the
-    defence's generator: two blocks with one seed give a sample the same draws, also when the
-    second names only some of the samples (how the ensemble judges its survivors)."""
-    model = defended(diffusion)
-    ids = torch.tensor([7, 8, 9])
-    with torch.no_grad():
-        with model.samples(ids, seed=123):
-            full = model.purify(images[:3].repeat(2, 1, 1, 1)).view(2, 3, *images.shape[1:])
-        with model.samples(ids[1:], seed=123):
-            part = model.purify(images[1:3].repeat(2, 1, 1, 1)).view(2, 2, *images.shape[1:])
-        with model.samples(ids[1:], seed=124):
-            other = model.purify(images[1:3].repeat(2, 1, 1, 1)).view(2, 2, *images.shape[1:])
-    torch.testing.assert_close(part, full[:, 1:], rtol=0, atol=1e-6)
-    assert float((other - part).abs().amax((2, 3, 4)).min()) > 1e-3
-    with pytest.raises(ValueError, match="seed must be an int"), model.samples(ids, seed=1.5):
-        pass
-    assert model.sample_ids is None
-
-
 def test_samples_blocks_nest_count_rows_and_refuse_bad_ids(diffusion, images):
     model = defended(diffusion)
     assert model.sample_ids is None
