@@ -18,6 +18,12 @@ def test_smoke_run_on_digits(tmp_path, one_thread):
     assert json.loads((out / "ladder.json").read_text()) == json.loads(json.dumps(result))
     assert result["smoke"] and result["images"] == 2
     assert list(result["wall_seconds"]) == ["dac", "mani-pure"]
+    for method in ("dac", "mani-pure"):
+        rows = json.loads((out / method / "results.json").read_text())["rows"]
+        total = sum(r["seconds_per_image"] * r["n"] for r in rows)
+        assert result["row_seconds"][method] == total > 0
+    resumed = ladder.main(argv)  # every unit is reused: the rows' times stay theirs
+    assert resumed["row_seconds"] == result["row_seconds"]
     assert all((out / method / "results.json").is_file() for method in ("dac", "mani-pure"))
     defences = [(r["method"], r["noise"]) for r in result["rows"]]
     assert defences[0] == ("No defence", "-")  # the baseline row comes with the first method
@@ -34,7 +40,8 @@ def test_smoke_run_on_digits(tmp_path, one_thread):
         (combined,) = [r["ensemble"] for r in group if r["ensemble"]]
         own = {"DAC": "dac-mask", "MANI-Pure": "spectral"}[defence[0]]
         assert own in combined["members"] and "low-frequency" in combined["members"]
-        assert ("selector-constrained" in combined["members"]) == (defence[1] == "SSNI-N")
+        for selector in ("selector-aware", "selector-constrained"):
+            assert (selector in combined["members"]) == (defence[1] == "SSNI-N")
     text = (out / "ladder.md").read_text()
     assert "Smoke run" in text and "2 iterations" not in text and "1 iterations" in text
     assert sum(line.startswith("| DAC |") for line in text.splitlines()) == 4
