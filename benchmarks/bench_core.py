@@ -431,16 +431,38 @@ def compiled(args: argparse.Namespace) -> dict:
     return {"compile_seconds": seconds, **measured}
 
 
+class ReducedWeightNet(nn.Module):
+    """``net(x, t)`` with its convolution and linear weights cast to ``dtype`` once and passed
+    through :func:`torch.func.functional_call`: under autocast the same numbers as autocast
+    casting them at every call (its cast is the same ``.to(dtype)`` and skips a tensor that
+    has the type already)."""
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.net = net
+        self.copies = {
+            f"{prefix}.{name}": param.detach().to(dtype)
+            for prefix, module in net.named_modules()
+            if isinstance(module, (nn.Conv2d, nn.Linear))
+            for name, param in module.named_parameters(recurse=False)
+        }
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(self.net, self.copies, (x, t))
+
+
 def weight_copies(args: argparse.Namespace) -> dict:
-    """bfloat16 network calls with the weight copies made once (after) against autocast
-    casting every weight at every call (before), in the same run: a forward of ``args.rows``
-    and of 4 rows, a forward + backward, one purification and one attack step."""
+    """bfloat16 network calls with the convolution and linear weights cast once (after)
+    against autocast casting them at every call (before), in the same run: a forward of
+    ``args.rows`` and of 4 rows, a forward + backward, one purification and one attack step.
+    Dropped from the library: no case gained (benchmarks/README.md)."""
     from art_ssni.evaluation.eot import eot_gradient
 
     setup, defended = cifar10_defence()
     diffusion = setup.diffusion
     diffusion.set_speed_options(compute_dtype=torch.bfloat16)
-    copies = diffusion._reduced
+    net = diffusion.eps_net
+    reduced = ReducedWeightNet(net, torch.bfloat16)
     g = torch.Generator().manual_seed(0)
     x_t = torch.randn(args.rows, 3, 32, 32, generator=g)
     t = torch.full((args.rows,), 100)
@@ -463,15 +485,21 @@ def weight_copies(args: argparse.Namespace) -> dict:
         f"attack_step_{args.attack_batch}_images": lambda: eot_gradient(defended, xa, ya, 1),
     }
 
-    def variant(fn, reduced):
+    def variant(fn, network: nn.Module):
         def run():
-            diffusion._reduced = reduced
-            fn()
+            diffusion.eps_net = network
+            try:
+                return fn()
+            finally:
+                diffusion.eps_net = net
 
         return run
 
-    out = {name: ratio(variant(fn, None), variant(fn, copies), args.repeats)
+    with torch.no_grad():
+        eps = [variant(lambda: diffusion.eps(x_t, t), m)() for m in (net, reduced)]
+    out = {name: ratio(variant(fn, net), variant(fn, reduced), args.repeats)
            for name, fn in cases.items()}  # fmt: skip
+    out["identical_eps"] = torch.equal(*eps)
     diffusion.set_speed_options()
     return out
 

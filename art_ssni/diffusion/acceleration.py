@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
 COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 REDUCED_DTYPES = (torch.bfloat16, torch.float16)
@@ -36,52 +35,6 @@ def autocast(device_type: str, dtype: torch.dtype) -> contextlib.AbstractContext
     if dtype not in REDUCED_DTYPES:
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=dtype, cache_enabled=False)
-
-
-CAST_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
-"""Modules whose weight and bias autocast casts to the reduced type at every call."""
-
-
-class ReducedWeights:
-    """Copies of a network's convolution and linear weights in a reduced type, for calls under
-    :func:`autocast`.
-
-    autocast casts each weight at every call (its cache only keeps weights that require a
-    gradient, and a defence's do not); at 32x32 on a CPU those casts are about a sixth of a
-    bfloat16 forward. Passing copies made once with :func:`torch.func.functional_call` gives
-    the same numbers (autocast's cast is the same ``.to(dtype)``, and it skips a tensor that
-    has the type already). Normalisation and every other parameter stay as they are. The copies
-    are made again when a weight changes (in place, or moved to another device).
-    """
-
-    def __init__(self, net: nn.Module, dtype: torch.dtype) -> None:
-        if dtype not in REDUCED_DTYPES:
-            raise ValueError(f"reduced weights need a dtype in {REDUCED_DTYPES}, got {dtype!r}")
-        self.net, self.dtype = net, dtype
-        self._state: tuple | None = None
-        self._copies: dict[str, torch.Tensor] = {}
-
-    def _sources(self) -> dict[str, torch.Tensor]:
-        found = {}
-        for prefix, module in self.net.named_modules():
-            if isinstance(module, CAST_MODULES):
-                for name, param in module.named_parameters(recurse=False):
-                    if param.is_floating_point() and param.dtype not in REDUCED_DTYPES:
-                        found[f"{prefix}.{name}" if prefix else name] = param
-        return found
-
-    def copies(self) -> dict[str, torch.Tensor]:
-        """The reduced copies by parameter name, made again if any weight changed."""
-        sources = self._sources()
-        state = tuple((k, p.data_ptr(), p._version, p.device) for k, p in sources.items())
-        if state != self._state:
-            self._copies = {k: p.detach().to(self.dtype) for k, p in sources.items()}
-            self._state = state
-        return self._copies
-
-    def __call__(self, *args: Any) -> Any:
-        """``net(*args)`` with the reduced copies in place of the weights."""
-        return torch.func.functional_call(self.net, self.copies(), args, strict=False)
 
 
 def compile_call(fn: NetworkCall, options: bool | dict[str, Any]) -> NetworkCall:

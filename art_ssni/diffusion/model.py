@@ -15,7 +15,6 @@ from ..checkpoints import check_finite_weights
 from .acceleration import (
     REDUCED_DTYPES,
     CUDAGraphCalls,
-    ReducedWeights,
     autocast,
     check_compute_dtype,
     compile_call,
@@ -152,8 +151,6 @@ class DiffusionModel(nn.Module):
         else:
             compute_dtype = weights
         self._autocast_dtype = torch.float32 if native else compute_dtype
-        reduced = self._autocast_dtype in REDUCED_DTYPES
-        self._reduced = ReducedWeights(self.eps_net, compute_dtype) if reduced else None
         self._compute_dtype = compute_dtype
         self.channels_last = bool(channels_last)
         if self.channels_last:
@@ -190,7 +187,7 @@ class DiffusionModel(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(x.device.type, self._autocast_dtype):
-            out = (self._reduced or self.eps_net)(x, label)
+            out = self.eps_net(x, label)
         if hasattr(out, "sample"):
             out = out.sample
         elif isinstance(out, (tuple, list)):

@@ -284,39 +284,3 @@ def test_cuda_graph_replay_matches_eager_on_gpu() -> None:
         expected = DiffPure(eager, t_star=100, steps=10, generator=0)(x)
     assert len(graphed._runner.graphs) == 1
     torch.testing.assert_close(image, expected, rtol=1e-4, atol=1e-5)
-
-
-CAST_BY_AUTOCAST = sorted(n for n in NETWORKS if n != "adm")  # ADM casts its own weights
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("network", CAST_BY_AUTOCAST)
-def test_reduced_weight_copies_give_autocasts_numbers(network: str, dtype: torch.dtype) -> None:
-    """The network call passes weights cast once instead of letting autocast cast them at
-    every call: eps and its input gradient are bit-identical to autocast's own casts."""
-    model = DiffusionModel(**NETWORKS[network](), compute_dtype=dtype)
-    casting = copy.deepcopy(model)
-    casting._reduced = None
-    x = (2 * _images(8) - 1).requires_grad_(True)
-    outputs = []
-    for m in (model, casting):
-        eps = m.eps(x, LEVELS)
-        (grad,) = torch.autograd.grad(eps.square().sum(), x)
-        outputs.append((eps.detach(), grad))
-    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
-    copies = model._reduced.copies()
-    assert copies and all(c.dtype == dtype for c in copies.values())
-    assert not any("norm" in name.lower() for name in copies)
-
-
-def test_reduced_weight_copies_follow_in_place_changes_and_copies() -> None:
-    model = DiffusionModel(TinyEpsNet(), compute_dtype=torch.bfloat16)
-    x = 2 * _images(8) - 1
-    with torch.no_grad():
-        before = model.eps(x, LEVELS)
-        twin = copy.deepcopy(model)
-        twin.eps_net.out.bias.add_(1.0)  # what load_state_dict and optimisers do
-        fresh = DiffusionModel(copy.deepcopy(twin.eps_net), compute_dtype=torch.bfloat16)
-        torch.testing.assert_close(twin.eps(x, LEVELS), fresh.eps(x, LEVELS), rtol=0, atol=0)
-        torch.testing.assert_close(model.eps(x, LEVELS), before, rtol=0, atol=0)
-        assert float((twin.eps(x, LEVELS) - before).mean()) > 0.9
