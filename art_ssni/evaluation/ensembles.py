@@ -177,14 +177,13 @@ def ensemble(
 
     Each member gets the budget keywords its spec takes (``selector_weight`` as ``weight``;
     ``judge_draws`` and ``criterion`` too when it judges in the loop) and its own seed drawn
-    from ``generator``; a keyword outside :data:`ENSEMBLE_BUDGET` is
-    refused. A defence that has named samples (:meth:`DefendedClassifier.samples`) but none
-    named yet gets them named by position. ``breakdown``, a dict, receives ``members``
-    (names), the verdict on the returned examples (``predictions`` and ``levels``, (draws,
-    N)), and per image ``first_vote``, ``first_worst``, ``kept`` (member index, -1 for none),
-    ``correct`` (correct draws of the kept candidate), ``member_correct`` (members x images,
-    -1 where a member did not run) and ``ran`` (members x images), all on the CPU. Report the
-    verdict, not a judging of the returned examples on fresh draws (see the module's text).
+    from ``generator``; a keyword outside :data:`ENSEMBLE_BUDGET` is refused. ``breakdown``,
+    a dict, receives ``members`` (names), the verdict on the returned examples
+    (``predictions`` and ``levels``, (draws, N)), and per image ``first_vote``,
+    ``first_worst``, ``kept`` (member index, -1 for none), ``correct`` (correct draws of the
+    kept candidate), ``member_correct`` (members x images, -1 where a member did not run) and
+    ``ran`` (members x images), all on the CPU. Report the verdict, not a judging of the
+    returned examples on fresh draws (see the module's text).
     """
     from .registry import ATTACKS
 
@@ -199,10 +198,6 @@ def ensemble(
         why = spec.refusal(model)
         if why is not None:
             raise ValueError(f"ensemble member {m.name!r} cannot attack this defence: {why}")
-    if isinstance(model, DefendedClassifier) and model.sample_ids is None:
-        with model.samples(torch.arange(x.shape[0])):
-            return ensemble(model, x, y, chosen, generator=generator, draws=draws,
-                            max_rows=max_rows, breakdown=breakdown, **budget)  # fmt: skip
     stream = as_source(generator)
     seeds = _seeds(stream, len(chosen))
     x, y = x.detach(), y.to(x.device)
