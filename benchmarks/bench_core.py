@@ -280,13 +280,11 @@ def cifar10_defence():
     return setup, build_defence(config, setup, "fixed")
 
 
-def throughput(args: argparse.Namespace) -> dict:
-    """Per dtype: forward, forward + backward, one purification and one attack step of the
-    cifar10-embedded DiffPure, each as GFLOP/s against the matmul peak of that dtype."""
-    from art_ssni.evaluation.eot import eot_gradient
-
+def timed_calls(args: argparse.Namespace) -> tuple:
+    """The cifar10-embedded setup and defence, the network inputs (``args.rows`` noisy images
+    at t = 100), the images a purification and an attack step take, and a forward + backward
+    of the network to its input (weights frozen, as in an attack)."""
     setup, defended = cifar10_defence()
-    diffusion = setup.diffusion
     g = torch.Generator().manual_seed(0)
     x_t = torch.randn(args.rows, 3, 32, 32, generator=g)
     t = torch.full((args.rows,), 100)
@@ -295,8 +293,18 @@ def throughput(args: argparse.Namespace) -> dict:
 
     def forward_backward():
         xg = x_t.clone().requires_grad_(True)
-        torch.autograd.grad(diffusion.eps(xg, t).sum(), xg)
+        torch.autograd.grad(setup.diffusion.eps(xg, t).sum(), xg)
 
+    return setup, defended, x_t, t, x, xa, ya, forward_backward
+
+
+def throughput(args: argparse.Namespace) -> dict:
+    """Per dtype: forward, forward + backward, one purification and one attack step of the
+    cifar10-embedded DiffPure, each as GFLOP/s against the matmul peak of that dtype."""
+    from art_ssni.evaluation.eot import eot_gradient
+
+    setup, defended, x_t, t, x, xa, ya, forward_backward = timed_calls(args)
+    diffusion = setup.diffusion
     out = {
         "network": "the shipped CIFAR-10 SmallUNet (267,891 parameters), 3x32x32",
         "rows": args.rows,
@@ -458,20 +466,11 @@ def weight_copies(args: argparse.Namespace) -> dict:
     Dropped from the library: no case gained (benchmarks/README.md)."""
     from art_ssni.evaluation.eot import eot_gradient
 
-    setup, defended = cifar10_defence()
+    setup, defended, x_t, t, x, xa, ya, forward_backward = timed_calls(args)
     diffusion = setup.diffusion
     diffusion.set_speed_options(compute_dtype=torch.bfloat16)
     net = diffusion.eps_net
     reduced = ReducedWeightNet(net, torch.bfloat16)
-    g = torch.Generator().manual_seed(0)
-    x_t = torch.randn(args.rows, 3, 32, 32, generator=g)
-    t = torch.full((args.rows,), 100)
-    x = setup.x[: args.purify_batch]
-    xa, ya = setup.x[: args.attack_batch], setup.y[: args.attack_batch]
-
-    def forward_backward():
-        xg = x_t.clone().requires_grad_(True)
-        torch.autograd.grad(diffusion.eps(xg, t).sum(), xg)
 
     @torch.no_grad()
     def forward(rows: int) -> None:
