@@ -4,6 +4,8 @@ evaluation, recorded before a refactor and compared after it.
 The references in ``tests/data/pins.safetensors`` and ``tests/data/pins_evaluate.json`` were
 written by ``python tests/test_pins.py --write`` on the code they pin; a refactor that
 changes any of them changes a recorded number, so it must say why and re-record on purpose.
+They are written and compared on one torch thread: with more, sums run in another order and
+the gradients round differently.
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ def compute_pins() -> dict[str, torch.Tensor]:
 
 def _check_or_write(argv: list[str]) -> None:
     if "--write" in argv:
+        torch.set_num_threads(1)
         DATA.mkdir(exist_ok=True)
         save_file({k: v.contiguous() for k, v in compute_pins().items()}, PINS)
         with tempfile.TemporaryDirectory() as folder:
@@ -145,7 +148,7 @@ def pinned() -> dict[str, torch.Tensor]:
     return load_file(PINS)
 
 
-def test_purification_pins(pinned):
+def test_purification_pins(pinned, one_thread):
     """Every method's purified images and gradients equal the recorded ones."""
     now = compute_pins()
     assert sorted(now) == sorted(pinned)
@@ -153,7 +156,7 @@ def test_purification_pins(pinned):
         torch.testing.assert_close(value, pinned[key], rtol=0, atol=1e-6, msg=key)
 
 
-def test_evaluation_pins(tmp_path):
+def test_evaluation_pins(tmp_path, one_thread):
     """A small digits evaluation reports the recorded accuracies, row by row."""
     assert evaluate_pins(tmp_path / "run") == json.loads(EVALUATE_PINS.read_text())
 

@@ -145,12 +145,11 @@ def _judge(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Labels (draws, N) of ``draws`` passes of the defence on x, and the levels those passes
     used ((draws, N), None when the defence picks none)."""
-    if not isinstance(model, DefendedClassifier) or model.policy is None:
-        logits = draw_logits(model, x, draws, max_rows=max_rows)
-        return logits.argmax(1).view(draws, x.shape[0]).cpu(), None
-    with model.record_levels() as passes:
-        logits = draw_logits(model, x, draws, max_rows=max_rows)
-    return logits.argmax(1).view(draws, x.shape[0]).cpu(), torch.cat(passes).view(draws, -1).cpu()
+    defended = isinstance(model, DefendedClassifier)
+    with model.record_levels() if defended else nullcontext([]) as passes:
+        labels = draw_logits(model, x, draws, max_rows=max_rows).argmax(1)
+    levels = torch.cat(passes).view(draws, -1).cpu() if passes else None
+    return labels.view(draws, x.shape[0]).cpu(), levels
 
 
 def _seeds(stream: RandomSource, count: int) -> list[int]:
